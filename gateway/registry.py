@@ -1,0 +1,66 @@
+"""Backend names mapped to import strings, loaded on demand (uvicorn style).
+
+The pipeline never imports adapters directly: it asks the registry for a class.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+BACKENDS: dict[str, dict[str, str]] = {
+    "policy": {
+        "regorus": "adapters.policy.regorus_engine:RegorusEngine",
+    },
+    "cache": {
+        "memory": "adapters.cache.memory:MemoryDecisionCache",
+    },
+    "limits": {
+        "memory": "adapters.ratelimit.memory:MemoryRateLimiter",
+    },
+    "audit": {
+        "sqlite": "adapters.audit.sqlite:SQLiteAuditStore",
+    },
+    "upstream": {
+        "openai": "adapters.upstream.http:HTTPUpstream",
+        "anthropic": "adapters.upstream.http:HTTPUpstream",
+        "mock": "adapters.upstream.mock:MockUpstream",
+    },
+    "identity": {
+        "api_key": "adapters.identity.apikeys:APIKeySource",
+        "jwt": "adapters.identity.jwt:JWTSource",
+    },
+}
+
+
+class RegistryError(Exception):
+    pass
+
+
+def import_from_string(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RegistryError(f"import string {spec!r} must be 'module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise RegistryError(f"could not import {module_name!r}: {e}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RegistryError(f"{module_name!r} has no attribute {attr!r}") from None
+
+
+def load(seam: str, name: str) -> Any:
+    """Return the backend class for `seam` (policy, cache, …) named `name`.
+
+    A name containing ':' is taken as an import string, so third-party backends
+    plug in without touching this table.
+    """
+    if ":" in name:
+        return import_from_string(name)
+    try:
+        spec = BACKENDS[seam][name]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS.get(seam, {})))
+        raise RegistryError(f"unknown {seam} backend {name!r} (known: {known})") from None
+    return import_from_string(spec)

@@ -1,0 +1,289 @@
+"""Typed settings, loaded from YAML. Validation errors name the key path.
+
+Everything the running gateway needs is resolved here, once, including provider
+keys from the environment mapping passed in: nothing deeper reads os.environ.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.types import MATURITIES
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` is a list of (key path, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {reason}" for path, reason in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    trust_forwarded_for: bool = False  # take client_ip from X-Forwarded-For
+
+
+class JWTSettings(_Model):
+    issuer: str
+    audience: str
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+                             "ES256", "ES384", "PS256"]] = ["RS256"]
+    jwks_url: str | None = None
+    public_key: str | None = None  # PEM text
+    public_key_file: str | None = None
+    hs_secret_env: str | None = None  # name of the env var holding the HS secret
+    hs_secret: str | None = Field(None, exclude=True, repr=False)  # resolved at load
+    jwks_cache_s: int = Field(300, gt=0)
+    leeway_s: int = Field(30, ge=0)
+    # Claim names mapped onto the agent.
+    claim_agent_id: str = "sub"
+    claim_tier: str = "tier"
+    claim_maturity: str = "maturity"
+    claim_workspace: str = "workspace"
+    # Longest token lifetime (exp - iat) accepted per tier, in seconds.
+    max_ttl_s: dict[int, int] = {0: 3600, 1: 1800, 2: 1800, 3: 900, 4: 900}
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "JWTSettings":
+        sources = [s for s in (self.jwks_url, self.public_key, self.public_key_file,
+                               self.hs_secret_env) if s]
+        if len(sources) != 1:
+            raise ValueError("set exactly one of jwks_url, public_key, public_key_file, hs_secret_env")
+        uses_hs = any(a.startswith("HS") for a in self.algorithms)
+        if uses_hs and not self.hs_secret_env:
+            raise ValueError("HS algorithms need hs_secret_env (and asymmetric ones a public key)")
+        if self.hs_secret_env and not all(a.startswith("HS") for a in self.algorithms):
+            raise ValueError("hs_secret_env only goes with HS algorithms")
+        return self
+
+
+class IdentitySettings(_Model):
+    agents_file: str = "agents.yaml"
+    anonymous_agent: str | None = None  # off unless named explicitly
+    jwt: JWTSettings | None = None
+
+
+class PolicySettings(_Model):
+    backend: str = "regorus"
+    dir: str = "../policies_rego"
+    fail: Literal["closed", "open"] = "closed"
+    hot_reload: bool = True
+    default_cache_ttl_s: int = Field(60, ge=0)
+    clamp_max_output_tokens: bool = False  # clamp instead of refusing with 400
+
+
+class CacheSettings(_Model):
+    backend: str = "memory"
+
+
+class LimitsSettings(_Model):
+    backend: str = "memory"
+
+
+class AuditSettings(_Model):
+    backend: str = "sqlite"
+    path: str = "var/audit.db"
+    spool_path: str = "var/audit.spool"
+    chain_id: str = Field(default_factory=socket.gethostname)
+    batch_size: int = Field(500, gt=0)
+    flush_interval_ms: int = Field(50, gt=0)
+    queue_max: int = Field(10000, gt=0)
+    on_full: Literal["wait", "refuse"] = "wait"
+    full_wait_s: float = Field(5.0, ge=0)
+    retry_interval_s: float = Field(2.0, gt=0)
+
+
+class UpstreamSettings(_Model):
+    provider: Literal["openai", "anthropic", "mock"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = Field(None, exclude=True, repr=False)  # resolved at load, never logged
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_connections: int = Field(256, gt=0)
+    anthropic_version: str = "2023-06-01"
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> "UpstreamSettings":
+        if self.provider != "mock" and not self.base_url:
+            raise ValueError(f"provider {self.provider} needs base_url")
+        return self
+
+
+class RouteSettings(_Model):
+    match: str  # glob on the model name, e.g. "gpt-*"
+    upstream: str
+
+
+class LoggingSettings(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    identity: IdentitySettings = IdentitySettings()
+    policy: PolicySettings = PolicySettings()
+    cache: CacheSettings = CacheSettings()
+    limits: LimitsSettings = LimitsSettings()
+    audit: AuditSettings = AuditSettings()
+    upstreams: dict[str, UpstreamSettings]
+    routes: list[RouteSettings]
+    logging: LoggingSettings = LoggingSettings()
+    base_dir: str = Field(".", exclude=True)  # directory of the config file; relative paths hang off it
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_nonempty(cls, v: list[RouteSettings]) -> list[RouteSettings]:
+        if not v:
+            raise ValueError("at least one route is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _routes_name_upstreams(self) -> "Settings":
+        for i, r in enumerate(self.routes):
+            if r.upstream not in self.upstreams:
+                raise ValueError(f"routes.{i}.upstream: unknown upstream {r.upstream!r}")
+        return self
+
+    def path(self, p: str) -> Path:
+        """Resolve a path from the config relative to the config file's directory."""
+        q = Path(p)
+        return q if q.is_absolute() else (Path(self.base_dir) / q).resolve()
+
+
+# ---- agents file -----------------------------------------------------------------
+
+class AgentEntry(_Model):
+    id: str
+    tier: int = Field(ge=0, le=4)
+    maturity: str
+    workspace: str
+    labels: dict[str, str] = {}
+    revoked: bool = False
+
+    @field_validator("maturity")
+    @classmethod
+    def _maturity(cls, v: str) -> str:
+        if v not in MATURITIES:
+            raise ValueError(f"must be one of {', '.join(MATURITIES)}")
+        return v
+
+
+class KeyEntry(_Model):
+    id: str  # a non-secret label, safe to log and audit
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    workspace: str
+    agent: str | None = None  # pinned agent; None = workspace key
+
+
+class WorkspaceEntry(_Model):
+    default_agent: str | None = None
+
+
+class AgentsFile(_Model):
+    workspaces: dict[str, WorkspaceEntry] = {}
+    agents: list[AgentEntry] = []
+    keys: list[KeyEntry] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> "AgentsFile":
+        by_id = {a.id: a for a in self.agents}
+        if len(by_id) != len(self.agents):
+            raise ValueError("agents: duplicate agent id")
+        for name, ws in self.workspaces.items():
+            if ws.default_agent and by_id.get(ws.default_agent, None) is None:
+                raise ValueError(f"workspaces.{name}.default_agent: unknown agent {ws.default_agent!r}")
+        for i, k in enumerate(self.keys):
+            if k.agent and (k.agent not in by_id or by_id[k.agent].workspace != k.workspace):
+                raise ValueError(f"keys.{i}.agent: {k.agent!r} is not an agent of workspace {k.workspace!r}")
+        return self
+
+
+# ---- loading ---------------------------------------------------------------------
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append((prefix + (loc or "(root)"), msg))
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([(str(path), "file not found")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([(str(path), f"invalid YAML: {e}")]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError([(str(path), "top level must be a mapping")])
+    return doc
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
+    """Load and validate a config file, resolving secrets from `environ`."""
+    path = Path(path).resolve()
+    doc = _read_yaml(path)
+    doc["base_dir"] = str(path.parent)
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_problems(e)) from None
+    problems: list[tuple[str, str]] = []
+    upstreams = {}
+    for name, up in settings.upstreams.items():
+        key = environ.get(up.api_key_env) if up.api_key_env else None
+        upstreams[name] = up.model_copy(update={"api_key": key})
+    jwt = settings.identity.jwt
+    if jwt and jwt.hs_secret_env:
+        secret = environ.get(jwt.hs_secret_env)
+        if not secret:
+            problems.append(("identity.jwt.hs_secret_env", f"environment variable {jwt.hs_secret_env} is not set"))
+        jwt = jwt.model_copy(update={"hs_secret": secret})
+    if problems:
+        raise ConfigError(problems)
+    identity = settings.identity.model_copy(update={"jwt": jwt})
+    return settings.model_copy(update={"upstreams": upstreams, "identity": identity})
+
+
+def load_agents(path: Path) -> AgentsFile:
+    doc = _read_yaml(path)
+    try:
+        return AgentsFile.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_problems(e, prefix=f"{path.name}: ")) from None
+
+
+def check(path: str | Path, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every problem with a config file and the files it names; empty when valid."""
+    try:
+        settings = load_settings(path, environ)
+    except ConfigError as e:
+        return e.problems
+    problems: list[tuple[str, str]] = []
+    try:
+        load_agents(settings.path(settings.identity.agents_file))
+    except ConfigError as e:
+        problems += [(f"identity.agents_file ({p})", r) for p, r in e.problems]
+    if not settings.path(settings.policy.dir).is_dir():
+        problems.append(("policy.dir", f"not a directory: {settings.path(settings.policy.dir)}"))
+    for name, up in settings.upstreams.items():
+        if up.api_key_env and not up.api_key:
+            problems.append((f"upstreams.{name}.api_key_env",
+                             f"environment variable {up.api_key_env} is not set"))
+    return problems

@@ -1,0 +1,125 @@
+"""Frozen value types that flow through the pipeline.
+
+They carry no behaviour beyond trivial helpers, so every stage and adapter can
+share them without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+MATURITIES: tuple[str, ...] = ("student", "intern", "supervised", "autonomous")
+
+ACTIONS: frozenset[str] = frozenset({
+    "llm.models", "llm.chat", "llm.completion", "llm.embedding", "llm.messages",
+    "llm.responses", "tool.list", "tool.call",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    tier: int
+    maturity: str
+    workspace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a credential says the caller is.
+
+    `agent` is set when the credential names one agent (a pinned API key, a JWT);
+    it is None for a workspace-wide key, which then picks its agent through
+    `X-Agent-Id` or the workspace default.
+    """
+    workspace: str
+    auth: str  # api_key | jwt | anonymous
+    agent: Agent | None = None
+    credential_id: str = ""  # non-secret label (key id, JWT sub); never the secret
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    reasons: tuple[str, ...] = ()
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    cache_ttl_s: int = 60
+    revision: str = ""
+    cache_hit: bool = False
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        v = self.obligations.get("max_output_tokens")
+        return int(v) if v is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-agent limits taken from a decision's obligations (None = unlimited)."""
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    allowed: bool
+    retry_after_s: float = 0.0
+    reason: str = ""  # "requests" | "tokens" | "request_too_large" when refused
+    # OpenAI-style header values, filled for whichever limits apply.
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    reservation: "Reservation | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    key: str
+    tokens: int
+    limits: Limits
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def total(self) -> int:
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One request's outcome, before the chain fields are attached by the writer."""
+    request_id: str
+    ts: float
+    agent_id: str | None
+    tier: int | None
+    maturity: str | None
+    workspace: str | None
+    auth: str | None
+    action: str | None
+    resource_type: str | None
+    resource_name: str | None
+    upstream: str | None
+    api: str
+    stream: bool
+    decision: str  # allow | deny | rate_limited | error | bypass
+    reasons: tuple[str, ...]
+    policy_revision: str | None
+    cache_hit: bool
+    status: int
+    latency_ms: float
+    upstream_ms: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    client_ip: str | None
+    error: str | None
+    input_digest: str | None
+    policy_input: Mapping[str, Any] | None
