@@ -124,6 +124,7 @@ class UpstreamSettings(_Model):
 class RouteSettings(_Model):
     match: str  # glob on the model name, e.g. "gpt-*"
     upstream: str
+    models: list[str] = []  # concrete names offered by GET /v1/models (globs cannot be listed)
 
 
 class LoggingSettings(_Model):

@@ -1,0 +1,102 @@
+"""create_app(settings) -> Starlette: the whole stack, assembled in one place."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from gateway import registry
+from gateway.audit.writer import AuditWriter
+from gateway.directory import AgentDirectory
+from gateway.endpoints import ModelsEndpoint, NotFoundEndpoint, OpsEndpoints
+from gateway.metrics import Metrics
+from gateway.pipeline import LLMEndpoint, Services
+from gateway.routing import ModelRouter
+from gateway.settings import Settings, load_agents
+from gateway.stages.identity import IdentityResolver
+from gateway.stages.limits import LimitStage
+from gateway.stages.policy import PolicyStage
+from gateway.surfaces import anthropic, openai
+
+log = logging.getLogger("portcullis.app")
+
+
+def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
+    """Construct every backend (no I/O yet) and the Services bundle.
+
+    Returns the services, the backends in start order, and the audit store.
+    """
+    metrics = Metrics()
+    directory = AgentDirectory.from_file(load_agents(settings.path(settings.identity.agents_file)))
+    sources: list[Any] = [registry.load("identity", "api_key")(directory)]
+    if settings.identity.jwt is not None:
+        sources.append(registry.load("identity", "jwt")(settings.identity.jwt, base_dir=settings.base_dir))
+    engine = registry.load("policy", settings.policy.backend)(
+        settings.policy, settings.path(settings.policy.dir), on_reload=metrics.on_policy_reload)
+    cache = registry.load("cache", settings.cache.backend)(settings.cache)
+    limiter = registry.load("limits", settings.limits.backend)(settings.limits)
+    store = registry.load("audit", settings.audit.backend)(settings.audit, settings.path(settings.audit.path))
+    writer = AuditWriter(store, settings.audit, settings.path(settings.audit.spool_path), metrics)
+    upstreams = {name: registry.load("upstream", u.provider)(name, u) for name, u in settings.upstreams.items()}
+    services = Services(
+        settings=settings,
+        identity=IdentityResolver(sources, directory, settings.identity.anonymous_agent),
+        policy=PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open"),
+        limits=LimitStage(limiter, metrics),
+        router=ModelRouter(settings.routes),
+        upstreams=upstreams,
+        audit=writer,
+        metrics=metrics,
+    )
+    # Start order: audit first (so every request can be recorded), upstreams last.
+    backends = [store, writer, engine, cache, limiter, *sources, *upstreams.values()]
+    return services, backends, (store, engine)
+
+
+def create_app(settings: Settings) -> Starlette:
+    services, backends, (store, engine) = build_services(settings)
+
+    async def ready_check() -> list[str]:
+        problems = []
+        if not engine.revision:
+            problems.append("policies not loaded")
+        if not await store.writable():
+            problems.append("audit store not writable")
+        return problems
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started: list[Any] = []
+        try:
+            for b in backends:
+                await b.start()
+                started.append(b)
+            services.metrics.on_policy_reload(engine.revision, None)
+            log.info("portcullis ready", extra={"policy_revision": engine.revision})
+            yield
+        finally:
+            # Reverse order: the audit writer closes last, after flushing every row.
+            for b in reversed(started):
+                try:
+                    await b.aclose()
+                except Exception:
+                    log.exception("closing %s failed", type(b).__name__)
+
+    ops = OpsEndpoints(services, ready_check)
+    llm = [(openai, p) for p in openai.ACTIONS] + [(anthropic, p) for p in anthropic.ACTIONS]
+    models = ModelsEndpoint(services)
+    routes = [
+        *(Route(path, LLMEndpoint(services, surface, path)) for surface, path in llm),
+        Route("/v1/models", models),
+        Route("/v1/models/{model:path}", models),
+        Route("/healthz", ops.healthz),
+        Route("/readyz", ops.readyz),
+        Route("/metrics", ops.metrics),
+        Route("/{path:path}", NotFoundEndpoint(services)),  # last: everything else is a 404, audited
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.services = services
+    return app

@@ -1,0 +1,51 @@
+"""Prometheus metrics, on a registry owned by one app instance (no globals)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("portcullis_requests", "Requests by surface, decision and status",
+                                ["surface", "decision", "status"], registry=r)
+        self.cache = Counter("portcullis_decision_cache", "Decision cache lookups", ["result"], registry=r)
+        self.policy_eval = Histogram("portcullis_policy_eval_seconds", "Policy evaluation latency (cache misses)",
+                                     buckets=_FAST, registry=r)
+        self.policy_reloads = Counter("portcullis_policy_reloads", "Policy reloads by result", ["result"], registry=r)
+        self.policy_errors = Counter("portcullis_policy_errors", "Policy evaluation failures", registry=r)
+        self.revision = Info("portcullis_policy", "Active policy revision", registry=r)
+        self.upstream = Histogram("portcullis_upstream_seconds", "Upstream latency", ["upstream"],
+                                  buckets=_SLOW, registry=r)
+        self.overhead = Histogram("portcullis_overhead_seconds", "Gateway overhead (total minus upstream)",
+                                  buckets=_FAST, registry=r)
+        self.rate_limited = Counter("portcullis_rate_limited", "Requests refused by limits", ["reason"], registry=r)
+        self.audit_depth = Gauge("portcullis_audit_queue_depth", "Audit rows waiting to be written", registry=r)
+        self.audit_failures = Counter("portcullis_audit_write_failures", "Failed audit batch writes", registry=r)
+        self.audit_written = Counter("portcullis_audit_rows_written", "Audit rows written to the store", registry=r)
+
+    # AuditMetrics protocol (gateway.audit.writer)
+    def set_depth(self, n: int) -> None:
+        self.audit_depth.set(n)
+
+    def inc_failures(self) -> None:
+        self.audit_failures.inc()
+
+    def inc_written(self, n: int) -> None:
+        self.audit_written.inc(n)
+
+    def on_policy_reload(self, revision: str | None, error: Exception | None) -> None:
+        if error is not None:
+            self.policy_reloads.labels("rejected").inc()
+        else:
+            self.policy_reloads.labels("ok").inc()
+            self.revision.info({"revision": revision or ""})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,222 @@
+"""The governed request path for LLM surfaces, as one pure-ASGI endpoint.
+
+identity -> parse -> route -> policy -> obligations -> limits -> forward, and
+an audit row in every case. Streams are pumped chunk by chunk inside the
+endpoint, so the row is written when the stream really ends.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from gateway.audit.writer import AuditWriter
+from gateway.context import Exchange
+from gateway.errors import (GatewayError, InvalidRequest, NotFound, PermissionDenied, RateLimited,
+                            Unavailable, UpstreamError)
+from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
+from gateway.metrics import Metrics
+from gateway.protocols import Upstream, UpstreamResponse
+from gateway.routing import ModelRouter
+from gateway.settings import Settings
+from gateway.stages.identity import IdentityResolver
+from gateway.stages.limits import LimitStage, headers as limit_headers
+from gateway.stages.policy import PolicyStage, policy_input
+from gateway.surfaces.base import Parsed
+
+log = logging.getLogger("portcullis.pipeline")
+
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a request needs, built once in the app lifespan."""
+    settings: Settings
+    identity: IdentityResolver
+    policy: PolicyStage
+    limits: LimitStage
+    router: ModelRouter
+    upstreams: dict[str, Upstream]
+    audit: AuditWriter
+    metrics: Metrics
+
+
+def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
+    if trust_forwarded:
+        xff = header(scope, b"x-forwarded-for")
+        if xff:
+            return xff.split(",")[0].strip()
+    c = scope.get("client")
+    return c[0] if c else None
+
+
+def new_exchange(scope: dict[str, Any], api: str, services: Services) -> Exchange:
+    return Exchange(request_id="req_" + uuid.uuid4().hex, api=api,
+                    client_ip=client_ip(scope, services.settings.server.trust_forwarded_for))
+
+
+async def send_error(send: Any, surface: ModuleType, ex: Exchange, err: GatewayError,
+                     extra: list[tuple[bytes, bytes]] = ()) -> None:
+    ex.status = err.status
+    if ex.error is None and ex.outcome != "deny":
+        ex.error = err.message
+    hdrs = [(b"x-request-id", ex.request_id.encode()), *extra,
+            *((k.encode(), v.encode()) for k, v in err.headers.items())]
+    await send_bytes(send, err.status, surface.error_body(err, ex.request_id), hdrs)
+
+
+async def refuse_unadmitted(send: Any, surface: ModuleType, services: Services, err: Unavailable) -> None:
+    """The audit queue is full: refuse before doing anything, so nothing goes unaudited."""
+    rid = "req_" + uuid.uuid4().hex
+    log.error("refused %s: %s", rid, err.message, extra={"request_id": rid})
+    services.metrics.requests.labels(surface.NAME, "refused", "503").inc()
+    await send_bytes(send, 503, surface.error_body(err, rid), [(b"x-request-id", rid.encode())])
+
+
+class LLMEndpoint:
+    """POST endpoint for one path of one surface (openai or anthropic)."""
+
+    def __init__(self, services: Services, surface: ModuleType, path: str) -> None:
+        self.s = services
+        self.surface = surface
+        self.path = path
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        s, surface = self.s, self.surface
+        try:
+            await s.audit.admit()
+        except Unavailable as e:
+            await refuse_unadmitted(send, surface, s, e)
+            return
+        ex = new_exchange(scope, surface.NAME, s)
+        reservation = None
+        try:
+            if scope["method"] != "POST":
+                raise NotFound(f"{scope['method']} is not supported on {self.path}; use POST",
+                               code="method_not_allowed")
+            body = await read_body(receive, s.settings.server.max_body_bytes, header(scope, b"content-length"))
+            hdrs = headers_dict(scope)
+            ex.agent, ex.principal = await s.identity.resolve(hdrs)
+            parsed = surface.parse(self.path, body)
+            ex.action, ex.resource_type, ex.resource_name = parsed.action, "model", parsed.model
+            ex.stream = parsed.stream
+            ex.upstream = s.router.route(parsed.model)
+            if ex.upstream is None:
+                raise NotFound(f"the model {parsed.model} does not exist or is not routed by this gateway",
+                               code="model_not_found", param="model")
+            doc = policy_input(ex.agent, ex.principal.auth, parsed.action,
+                               {"type": "model", "name": parsed.model, "upstream": ex.upstream},
+                               {"api": surface.NAME, "stream": parsed.stream})
+            ex.policy_input = doc
+            ex.decision, ex.input_digest = await s.policy.decide(doc)
+            if not ex.decision.allow:
+                ex.outcome = "deny"
+                raise PermissionDenied("; ".join(ex.decision.reasons) or "denied by policy")
+            self._cap_output(parsed, ex)
+            try:
+                lim = await s.limits.reserve(ex.agent.id, ex.decision,
+                                             parsed.estimated_input_tokens() + (parsed.max_output or 0))
+            except RateLimited:
+                ex.outcome = "rate_limited"
+                raise
+            reservation = lim.reservation
+            ex.outcome = "allow"
+            await self._forward(send, receive, ex, parsed, hdrs, limit_headers(lim))
+        except GatewayError as e:
+            await send_error(send, surface, ex, e)
+        except ClientGone:
+            ex.status, ex.error = 499, "client disconnected before sending the whole body"
+        except Exception as e:  # a bug: still answer, still audit
+            log.exception("internal error", extra={"request_id": ex.request_id})
+            if ex.status < 400 or ex.outcome == "allow":
+                ex.outcome = "error"
+            await send_error(send, surface, ex, GatewayError(f"internal gateway error ({type(e).__name__})"))
+        finally:
+            try:
+                await s.limits.settle(reservation, ex.usage)
+            except Exception:
+                log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
+            s.audit.submit(ex.audit_event())
+            self._observe(ex)
+
+    def _cap_output(self, parsed: Parsed, ex: Exchange) -> None:
+        cap = ex.decision.max_output_tokens
+        if cap is None or parsed.max_field is None:
+            return
+        if parsed.max_output is None:
+            parsed.clamp(cap)  # make the obligation real for clients that set no cap
+        elif parsed.max_output > cap:
+            if not self.s.settings.policy.clamp_max_output_tokens:
+                raise InvalidRequest(f"{parsed.max_field} {parsed.max_output} exceeds the {cap} allowed "
+                                     f"for agent {ex.agent.id} (tier {ex.agent.tier})",
+                                     code="max_output_tokens_exceeded", param=parsed.max_field)
+            parsed.clamp(cap)
+
+    async def _forward(self, send: Any, receive: Any, ex: Exchange, parsed: Parsed,
+                       hdrs: dict[str, str], extra: list[tuple[bytes, bytes]]) -> None:
+        up = self.s.upstreams[ex.upstream]
+        t = asyncio.get_running_loop().time()
+        resp = await up.send("POST", self.path, parsed.upstream_body(), self.surface.NAME, hdrs)
+        try:
+            rid = (b"x-request-id", ex.request_id.encode())
+            if parsed.stream and resp.status == 200:
+                ex.status = 200
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [*_SSE_HEADERS, rid, *extra]})
+                await self._pump_until_done(send, receive, resp, ex, parsed)
+            else:
+                data = await resp.read()
+                ex.status = resp.status
+                if resp.status == 200:
+                    ex.usage = self.surface.usage_from_body(data)
+                else:
+                    ex.error = f"upstream {ex.upstream} answered {resp.status}"
+                ctype = resp.headers.get("content-type", "application/json").encode()
+                await send_bytes(send, resp.status, data, [rid, *extra], content_type=ctype)
+        finally:
+            ex.upstream_ms = (asyncio.get_running_loop().time() - t) * 1000.0
+            await resp.aclose()
+
+    async def _pump_until_done(self, send: Any, receive: Any, resp: UpstreamResponse,
+                               ex: Exchange, parsed: Parsed) -> None:
+        tap = self.surface.Tap(parsed)
+        pump = asyncio.ensure_future(self._pump(send, resp, ex, tap))
+        # After the body, the only message left is http.disconnect: wait for it alongside.
+        gone = asyncio.ensure_future(receive())
+        try:
+            done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            if pump not in done:
+                pump.cancel()
+                ex.error = "client disconnected mid-stream"
+                await asyncio.gather(pump, return_exceptions=True)
+            else:
+                pump.result()
+        finally:
+            gone.cancel()
+            ex.usage = tap.usage
+
+    async def _pump(self, send: Any, resp: UpstreamResponse, ex: Exchange, tap: Any) -> None:
+        try:
+            async for chunk in resp.iter_chunks():
+                out = tap.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = tap.finish()
+        except (UpstreamError, GatewayError) as e:
+            # Headers are gone already: end the stream with an error event the SDK raises on.
+            ex.error = f"upstream failed mid-stream: {e.message}"
+            tail = self.surface.stream_error_event(e, ex.request_id)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _observe(self, ex: Exchange) -> None:
+        m = self.s.metrics
+        m.requests.labels(self.surface.NAME, ex.outcome, str(ex.status)).inc()
+        total = ex.elapsed_ms()
+        if ex.upstream_ms is not None:
+            m.upstream.labels(ex.upstream or "").observe(ex.upstream_ms / 1000.0)
+            m.overhead.observe(max(0.0, total - ex.upstream_ms) / 1000.0)

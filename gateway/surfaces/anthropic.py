@@ -1,0 +1,88 @@
+"""Anthropic Messages surface: request parsing, usage capture, error format."""
+from __future__ import annotations
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.surfaces.base import Parsed, SSESplitter, load_json_object, optional_int, require_model, sse_data
+from gateway.types import Usage
+
+NAME = "anthropic"
+
+ACTIONS = {"/v1/messages": "llm.messages"}
+
+_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "too_large": "request_too_large",
+    "rate_limited": "rate_limit_error",
+    "upstream": "api_error",
+    "upstream_timeout": "timeout_error",
+    "unavailable": "overloaded_error",
+    "internal": "api_error",
+}
+
+
+def parse(path: str, raw: bytes) -> Parsed:
+    body = load_json_object(raw)
+    model = require_model(body)
+    if not isinstance(body.get("messages"), list):
+        raise InvalidRequest("messages: field required", param="messages")
+    max_tokens = optional_int(body, "max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: field required", param="max_tokens")
+    return Parsed(action=ACTIONS[path], model=model, stream=body.get("stream") is True, body=body,
+                  raw=raw, max_output=max_tokens, max_field="max_tokens")
+
+
+def error_body(err: GatewayError, request_id: str) -> bytes:
+    return orjson.dumps({
+        "type": "error",
+        "error": {"type": _ERROR_TYPES.get(err.kind, "api_error"), "message": err.message},
+        "request_id": request_id,
+    })
+
+
+def stream_error_event(err: GatewayError, request_id: str) -> bytes:
+    return b"event: error\ndata: " + error_body(err, request_id) + b"\n\n"
+
+
+def usage_from_body(raw: bytes) -> Usage:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Usage()
+    u = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(u, dict):
+        return Usage()
+    return Usage(u.get("input_tokens"), u.get("output_tokens"))
+
+
+class Tap:
+    """Reads usage from message_start (input) and message_delta (output)."""
+    __slots__ = ("usage", "_split")
+
+    def __init__(self, parsed: Parsed) -> None:
+        self.usage = Usage()
+        self._split = SSESplitter()
+
+    def feed(self, chunk: bytes) -> bytes:
+        events = self._split.events(chunk)
+        for ev in events:
+            if b"message_start" in ev or b"message_delta" in ev:
+                data = sse_data(ev)
+                if data is None:
+                    continue
+                msg = data.get("message")
+                u = (msg.get("usage") if isinstance(msg, dict) else None) or data.get("usage")
+                if isinstance(u, dict):
+                    if isinstance(u.get("input_tokens"), int):
+                        self.usage.input_tokens = u["input_tokens"]
+                    if isinstance(u.get("output_tokens"), int):
+                        self.usage.output_tokens = u["output_tokens"]
+        return b"".join(events)
+
+    def finish(self) -> bytes:
+        return self._split.rest()

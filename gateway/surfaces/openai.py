@@ -1,0 +1,129 @@
+"""OpenAI-compatible surface: request parsing, usage capture, error format."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.surfaces.base import Parsed, SSESplitter, load_json_object, optional_int, require_model, sse_data
+from gateway.types import Usage
+
+NAME = "openai"
+
+ACTIONS = {
+    "/v1/chat/completions": "llm.chat",
+    "/v1/completions": "llm.completion",
+    "/v1/embeddings": "llm.embedding",
+    "/v1/responses": "llm.responses",
+}
+
+# Which body field caps output tokens, per endpoint (the first present wins).
+_MAX_FIELDS = {
+    "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
+    "/v1/completions": ("max_tokens",),
+    "/v1/responses": ("max_output_tokens",),
+    "/v1/embeddings": (),
+}
+
+_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "invalid_request_error",
+    "too_large": "invalid_request_error",
+    "rate_limited": "rate_limit_error",
+    "upstream": "api_error",
+    "upstream_timeout": "timeout_error",
+    "unavailable": "api_error",
+    "internal": "api_error",
+}
+
+
+def parse(path: str, raw: bytes) -> Parsed:
+    body = load_json_object(raw)
+    model = require_model(body)
+    stream = body.get("stream") is True
+    if path == "/v1/embeddings" and body.get("input") is None:
+        raise InvalidRequest("you must provide an input parameter", param="input")
+    if path == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
+        raise InvalidRequest("messages must be a list", param="messages")
+    p = Parsed(action=ACTIONS[path], model=model, stream=stream, body=body, raw=raw)
+    fields = _MAX_FIELDS[path]
+    for f in fields:
+        v = optional_int(body, f)
+        if v is not None:
+            p.max_output, p.max_field = v, f
+            break
+    else:
+        p.max_field = fields[0] if fields else None
+    if stream and path in ("/v1/chat/completions", "/v1/completions"):
+        opts = body.get("stream_options")
+        p.wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        if not p.wants_usage:
+            # Usage is only reported in streams that ask for it: ask upstream,
+            # and drop the usage chunk before it reaches a client that did not.
+            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            p.rewrite = True
+    return p
+
+
+def error_body(err: GatewayError, request_id: str) -> bytes:
+    return orjson.dumps({"error": {
+        "message": err.message,
+        "type": _ERROR_TYPES.get(err.kind, "api_error"),
+        "code": err.code,
+        "param": err.param,
+        "request_id": request_id,
+    }})
+
+
+def stream_error_event(err: GatewayError, request_id: str) -> bytes:
+    return b"data: " + error_body(err, request_id) + b"\n\n"
+
+
+def usage_from_body(raw: bytes) -> Usage:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Usage()
+    return _usage(body.get("usage") if isinstance(body, dict) else None)
+
+
+def _usage(u: Any) -> Usage:
+    if not isinstance(u, dict):
+        return Usage()
+    # chat/completions/embeddings use prompt/completion; the Responses API input/output.
+    inp = u.get("prompt_tokens", u.get("input_tokens"))
+    out = u.get("completion_tokens", u.get("output_tokens"))
+    if out is None and inp is not None:
+        out = 0  # embeddings report no completion tokens
+    return Usage(inp if isinstance(inp, int) else None, out if isinstance(out, int) else None)
+
+
+class Tap:
+    """Records usage from an OpenAI SSE stream; drops the usage chunk if unasked."""
+    __slots__ = ("usage", "_split", "_drop_usage_chunk")
+
+    def __init__(self, parsed: Parsed) -> None:
+        self.usage = Usage()
+        self._split = SSESplitter()
+        self._drop_usage_chunk = parsed.stream and not parsed.wants_usage and parsed.rewrite
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = []
+        for ev in self._split.events(chunk):
+            if b'"usage"' in ev and b'"usage":null' not in ev:
+                data = sse_data(ev)
+                if data is not None:
+                    resp = data.get("response")  # Responses API: response.completed
+                    u = _usage(resp.get("usage") if isinstance(resp, dict) else data.get("usage"))
+                    if u.input_tokens is not None:
+                        self.usage = u
+                    if self._drop_usage_chunk and data.get("choices") == []:
+                        continue
+            out.append(ev)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        return self._split.rest()

@@ -1,0 +1,161 @@
+"""Real servers for integration tests: the gateway under uvicorn, on 127.0.0.1.
+
+Servers run on an event loop in a background thread, so tests can use both the
+sync and the async SDK clients against them. The gateway's regorus engine is
+created on that thread, which is where it must be used.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Coroutine, TypeVar
+
+import uvicorn
+import yaml
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+KEYS = {
+    "observer": "pk-quickstart-observer",
+    "intern-bot": "pk-quickstart-intern",
+    "builder": "pk-quickstart-builder",
+    "executor": "pk-quickstart-executor",
+    "architect": "pk-quickstart-architect",
+}
+PROVIDER_KEYS = {"TEST_OPENAI_KEY": "sk-provider-openai-secret", "TEST_ANTHROPIC_KEY": "sk-ant-provider-secret"}
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def gateway_config(tmp: Path, upstream_url: str, policy_dir: Path | None = None, **overrides: Any) -> Path:
+    """Write a gateway config into `tmp` routing real model names to the test upstream."""
+    cfg: dict[str, Any] = {
+        "server": {"max_body_bytes": 65536},
+        "identity": {"agents_file": str(REPO / "config" / "agents.yaml")},
+        "policy": {"dir": str(policy_dir or REPO / "policies_rego"), "hot_reload": False},
+        "audit": {"path": str(tmp / "audit.db"), "spool_path": str(tmp / "audit.spool"),
+                  "chain_id": "test", "flush_interval_ms": 10},
+        "upstreams": {
+            "openai": {"provider": "openai", "base_url": upstream_url, "api_key_env": "TEST_OPENAI_KEY",
+                       "read_timeout_s": 2, "connect_timeout_s": 2},
+            "anthropic": {"provider": "anthropic", "base_url": upstream_url, "api_key_env": "TEST_ANTHROPIC_KEY",
+                          "read_timeout_s": 2, "connect_timeout_s": 2},
+            "mock": {"provider": "mock"},
+        },
+        "routes": [
+            {"match": "gpt-*", "upstream": "openai", "models": ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4o", "gpt-4.1"]},
+            {"match": "o[134]*", "upstream": "openai", "models": ["o3-mini"]},
+            {"match": "text-embedding-*", "upstream": "openai",
+             "models": ["text-embedding-3-small", "text-embedding-3-large"]},
+            {"match": "claude-*", "upstream": "anthropic", "models": ["claude-haiku-4-5", "claude-sonnet-4-6"]},
+            {"match": "fault-*", "upstream": "openai"},
+            {"match": "mock-*", "upstream": "mock"},
+        ],
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class Gateway:
+    """One gateway under uvicorn on a free port, started and stopped on the loop thread."""
+
+    def __init__(self, loop: LoopThread, config_path: Path, environ: dict[str, str] | None = None) -> None:
+        self.loop = loop
+        self.settings: Settings = load_settings(config_path, {**PROVIDER_KEYS, **(environ or {})})
+        self.config_path = config_path
+        self._sock = free_socket()
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app: Any = None
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _start(self) -> None:
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("gateway exited during startup")
+            await asyncio.sleep(0.01)
+
+    async def _stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+    def start(self) -> "Gateway":
+        self.loop.run(self._start())
+        return self
+
+    def stop(self) -> None:
+        self.loop.run(self._stop())
+
+    @property
+    def audit_db(self) -> Path:
+        return self.settings.path(self.settings.audit.path)
+
+    def audit_rows(self, where: str = "1=1", args: tuple = ()) -> list[dict[str, Any]]:
+        con = sqlite3.connect(self.audit_db)
+        con.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in con.execute(f"SELECT * FROM audit_log WHERE {where} ORDER BY seq", args)]
+        except sqlite3.OperationalError:
+            return []  # table not created yet
+        finally:
+            con.close()
+
+    def audit_row(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The row for a request, polling while the batched writer catches up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.audit_rows("request_id = ?", (request_id,))
+            if rows:
+                assert len(rows) == 1, f"{len(rows)} audit rows for {request_id}"
+                return rows[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no audit row for {request_id} after {timeout}s")
+            time.sleep(0.02)
+
+
+def copy_policies(dst: Path) -> Path:
+    shutil.copytree(REPO / "policies_rego", dst)
+    return dst
