@@ -33,12 +33,12 @@ class ModelsEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, _surface_for(scope)
+        ex = new_exchange(scope, surface.NAME, s)
         try:
             await s.audit.admit()
         except Unavailable as e:
             await refuse_unadmitted(send, surface, s, e)
             return
-        ex = new_exchange(scope, surface.NAME, s)
         wanted = scope.get("path_params", {}).get("model")
         ex.action, ex.resource_type, ex.resource_name = "llm.models", "model", wanted or "*"
         try:
@@ -93,12 +93,12 @@ class NotFoundEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, _surface_for(scope)
+        ex = new_exchange(scope, surface.NAME, s)
         try:
             await s.audit.admit()
         except Unavailable as e:
             await refuse_unadmitted(send, surface, s, e)
             return
-        ex = new_exchange(scope, surface.NAME, s)
         try:
             try:  # who asked is worth recording, but a 404 must not turn into a 401
                 ex.agent, ex.principal = await s.identity.resolve(headers_dict(scope))

@@ -88,12 +88,12 @@ class LLMEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, self.surface
+        ex = new_exchange(scope, surface.NAME, s)
         try:
             await s.audit.admit()
         except Unavailable as e:
             await refuse_unadmitted(send, surface, s, e)
             return
-        ex = new_exchange(scope, surface.NAME, s)
         reservation = None
         try:
             if scope["method"] != "POST":
@@ -209,7 +209,7 @@ class LLMEndpoint:
             tail = tap.finish()
         except (UpstreamError, GatewayError) as e:
             # Headers are gone already: end the stream with an error event the SDK raises on.
-            ex.error = f"upstream failed mid-stream: {e.message}"
+            ex.error = e.message if "mid-stream" in e.message else f"upstream failed mid-stream: {e.message}"
             tail = self.surface.stream_error_event(e, ex.request_id)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

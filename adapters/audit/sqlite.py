@@ -1,0 +1,175 @@
+"""Embedded audit store: one SQLite file in WAL mode, through aiosqlite.
+
+Two connections: one for writes (serialized by a lock, so a `writable()` probe
+cannot land inside a batch's transaction) and one for reads, which WAL lets
+run while a batch commits. sqlite3 errors become gateway.errors.BackendError.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import aiosqlite
+import orjson
+
+from gateway.audit.chain import ROW_FIELDS, ChainConflict, row_from_store
+from gateway.errors import BackendError
+from gateway.settings import AuditSettings
+
+_TYPES = {
+    "seq": "INTEGER NOT NULL", "chain_id": "TEXT NOT NULL", "ts": "TEXT NOT NULL",
+    "request_id": "TEXT NOT NULL", "tier": "INTEGER", "stream": "INTEGER", "cache_hit": "INTEGER",
+    "status": "INTEGER", "latency_ms": "REAL", "upstream_ms": "REAL", "input_tokens": "INTEGER",
+    "output_tokens": "INTEGER", "prev_hash": "TEXT NOT NULL", "hash": "TEXT NOT NULL",
+}
+_COLUMNS = ", ".join(ROW_FIELDS)
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS audit_log ("
+    + ", ".join(f"{f} {_TYPES.get(f, 'TEXT')}" for f in ROW_FIELDS)
+    + ", PRIMARY KEY (chain_id, seq))",
+    "CREATE INDEX IF NOT EXISTS audit_log_ts ON audit_log (ts)",
+)
+# OR IGNORE makes spool replays idempotent; insert_batch then checks that every
+# ignored row is the very same row (same hash), not a different one.
+_INSERT = f"INSERT OR IGNORE INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(ROW_FIELDS))})"
+_JSON = orjson.OPT_SORT_KEYS
+
+
+def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    out = []
+    for f in ROW_FIELDS:
+        v = row[f]
+        if f in ("reasons", "policy_input") and v is not None:
+            v = orjson.dumps(v, option=_JSON).decode()
+        elif isinstance(v, bool):
+            v = int(v)
+        out.append(v)
+    return tuple(out)
+
+
+class SQLiteAuditStore:
+    def __init__(self, settings: AuditSettings, path: Path, *, busy_timeout_ms: int = 2000) -> None:
+        self._settings = settings
+        self._path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self._path, isolation_level=None)  # explicit BEGIN/COMMIT
+        await conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return conn
+
+    async def start(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect()
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._writer.execute("PRAGMA synchronous=NORMAL")
+            for stmt in _SCHEMA:
+                await self._writer.execute(stmt)
+            self._reader = await self._connect()
+        except (sqlite3.Error, OSError) as e:
+            await self.aclose()
+            raise BackendError(f"audit sqlite {self._path}: {e}") from e
+
+    def _conns(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        if self._writer is None or self._reader is None:
+            raise BackendError("audit sqlite store is not started")
+        return self._writer, self._reader
+
+    async def insert_batch(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        writer, _ = self._conns()
+        params = [_values(r) for r in rows]
+        async with self._write_lock:
+            try:
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = await writer.executemany(_INSERT, params)
+                    if cur.rowcount != len(rows):
+                        await self._check_duplicates(writer, rows)
+                    await writer.execute("COMMIT")
+                except BaseException:
+                    await _rollback(writer)
+                    raise
+            except sqlite3.Error as e:
+                raise BackendError(f"audit sqlite insert failed: {e}") from e
+
+    @staticmethod
+    async def _check_duplicates(conn: aiosqlite.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        for r in rows:
+            async with conn.execute("SELECT hash FROM audit_log WHERE chain_id = ? AND seq = ?",
+                                    (r["chain_id"], r["seq"])) as cur:
+                found = await cur.fetchone()
+            if found is None or found[0] != r["hash"]:
+                raise ChainConflict(
+                    f"audit row chain {r['chain_id']!r} seq {r['seq']} already stored with a different hash")
+
+    async def last_link(self, chain_id: str) -> tuple[int, str] | None:
+        _, reader = self._conns()
+        try:
+            async with reader.execute(
+                    "SELECT seq, hash FROM audit_log WHERE chain_id = ? ORDER BY seq DESC LIMIT 1",
+                    (chain_id,)) as cur:
+                found = await cur.fetchone()
+        except sqlite3.Error as e:
+            raise BackendError(f"audit sqlite read failed: {e}") from e
+        return (int(found[0]), str(found[1])) if found else None
+
+    async def tail(self, n: int) -> list[dict[str, Any]]:
+        _, reader = self._conns()
+        sql = (f"SELECT {_COLUMNS} FROM audit_log ORDER BY ts DESC, chain_id DESC, seq DESC LIMIT ?")
+        try:
+            async with reader.execute(sql, (max(0, int(n)),)) as cur:
+                found = await cur.fetchall()
+        except sqlite3.Error as e:
+            raise BackendError(f"audit sqlite read failed: {e}") from e
+        return [row_from_store(dict(zip(ROW_FIELDS, r))) for r in reversed(found)]
+
+    async def iter_chain(self, chain_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        _, reader = self._conns()
+        sql = f"SELECT {_COLUMNS} FROM audit_log"
+        args: tuple[Any, ...] = ()
+        if chain_id is not None:
+            sql, args = sql + " WHERE chain_id = ?", (chain_id,)
+        try:
+            async with reader.execute(sql + " ORDER BY chain_id, seq", args) as cur:
+                cur.arraysize = 1000
+                while rows := await cur.fetchmany(1000):
+                    for r in rows:
+                        yield row_from_store(dict(zip(ROW_FIELDS, r)))
+        except sqlite3.Error as e:
+            raise BackendError(f"audit sqlite read failed: {e}") from e
+
+    async def writable(self) -> bool:
+        """Take and drop the write lock: fails while another writer holds the database."""
+        if self._writer is None:
+            return False
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                await self._writer.execute("ROLLBACK")
+                return True
+            except sqlite3.Error:
+                return False
+
+    async def aclose(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except sqlite3.Error:
+                    pass
+        self._writer = self._reader = None
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction open (BEGIN itself failed) or it was already rolled back

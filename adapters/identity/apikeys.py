@@ -1,0 +1,32 @@
+"""Registered API keys, looked up by SHA-256 hash and compared in constant time."""
+from __future__ import annotations
+
+import hmac
+
+from gateway.directory import AgentDirectory
+from gateway.keys import hash_key
+from gateway.types import Principal
+
+
+class APIKeySource:
+    name = "api_key"
+
+    def __init__(self, directory: AgentDirectory) -> None:
+        self._directory = directory
+
+    async def start(self) -> None:
+        return None
+
+    async def resolve(self, token: str) -> Principal | None:
+        digest = hash_key(token)
+        entry = self._directory.key_by_hash(digest)
+        # The dict lookup already matched; compare_digest keeps the final check
+        # constant-time should the lookup ever become a prefix or range index.
+        if entry is None or not hmac.compare_digest(entry.sha256, digest):
+            return None  # not ours: the next source (e.g. JWT) may know it
+        agent = self._directory.agent(entry.agent) if entry.agent else None
+        return Principal(workspace=entry.workspace, auth="api_key", agent=agent,
+                         credential_id=entry.id)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,137 @@
+"""A real provider endpoint, reached over one shared aiohttp session per upstream.
+
+aiohttp rather than httpx: its pool holds up under concurrency (DESIGN.md,
+"Measured facts"). aiohttp's exceptions are mapped to gateway.errors here, in
+send, read and mid-stream alike, so the pipeline never sees them.
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Mapping
+
+import aiohttp
+
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.settings import UpstreamSettings
+
+# Client headers worth passing on; credentials, cookies and hop-by-hop never are.
+FORWARDED_HEADERS = frozenset({"content-type", "accept", "anthropic-version", "anthropic-beta",
+                               "openai-beta", "x-request-id"})
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
+                         "upgrade"})
+# The body is re-framed (and decoded) by the gateway, so these no longer describe it.
+_DROPPED_RESPONSE = _HOP_BY_HOP | {"content-length", "content-encoding"}
+
+
+@asynccontextmanager
+async def _mapped(name: str, phase: str) -> AsyncIterator[None]:
+    """Translate aiohttp failures into UpstreamError / UpstreamTimeout, without secrets."""
+    try:
+        yield
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
+        # ServerTimeoutError covers SocketTimeoutError (sock_read) and ConnectionTimeoutError.
+        what = "connect" if isinstance(e, aiohttp.ConnectionTimeoutError) else "read"
+        raise UpstreamTimeout(f"upstream {name} timed out ({what})") from None
+    except aiohttp.ClientConnectorError as e:
+        reason = ("connection refused" if isinstance(e.os_error, ConnectionRefusedError)
+                  else "cannot connect")
+        raise UpstreamError(f"upstream {name} unreachable: {reason}") from None
+    except aiohttp.ServerDisconnectedError:
+        raise UpstreamError(f"upstream {name} {phase}: server disconnected") from None
+    except aiohttp.ClientPayloadError:
+        raise UpstreamError(f"upstream {name} {phase}: response body cut short") from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise UpstreamError(f"upstream {name} {phase}: {type(e).__name__}") from None
+
+
+def outbound_headers(settings: UpstreamSettings, client: Mapping[str, str]) -> dict[str, str]:
+    """The allowlisted client headers plus the provider's own credentials."""
+    out = {k.lower(): v for k, v in client.items() if k.lower() in FORWARDED_HEADERS}
+    out.setdefault("content-type", "application/json")
+    out["accept-encoding"] = "identity"  # SSE chunks must arrive as they are sent
+    key = settings.api_key
+    if settings.provider == "anthropic":
+        out.setdefault("anthropic-version", settings.anthropic_version)
+        if key:
+            out["x-api-key"] = key
+    elif key:
+        out["authorization"] = f"Bearer {key}"
+    return out
+
+
+def response_headers(raw: Mapping[str, str]) -> dict[str, str]:
+    named = {t.strip().lower() for t in raw.get("connection", "").split(",")}
+    return {k.lower(): v for k, v in raw.items()
+            if k.lower() not in _DROPPED_RESPONSE and k.lower() not in named}
+
+
+class HTTPResponse:
+    """An aiohttp response behind the UpstreamResponse shape."""
+
+    def __init__(self, name: str, resp: aiohttp.ClientResponse) -> None:
+        self._name = name
+        self._resp = resp
+        self.status = resp.status
+        self.headers = response_headers(resp.headers)
+
+    async def read(self) -> bytes:
+        try:
+            async with _mapped(self._name, "failed while sending the body"):
+                return await self._resp.read()
+        finally:
+            self._resp.release()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async with _mapped(self._name, "failed mid-stream"):
+                async for chunk in self._resp.content.iter_any():
+                    yield chunk
+        finally:
+            self._resp.release()
+
+    async def aclose(self) -> None:
+        # Closes the connection if the body was not read to the end, else pools it.
+        self._resp.release()
+
+
+class HTTPUpstream:
+    """Implements gateway.protocols.Upstream for OpenAI- and Anthropic-style providers."""
+
+    def __init__(self, name: str, settings: UpstreamSettings) -> None:
+        if not settings.base_url:
+            raise ValueError(f"upstream {name} needs base_url")
+        self.name = name
+        self.settings = settings
+        self._base = settings.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
+                                          sock_read=s.read_timeout_s),
+            # Decodes only if a provider ignores our identity request; the
+            # content-encoding header is dropped on the way back either way.
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),  # no state shared between agents
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, method: str, path: str, body: bytes, api: str,
+                   headers: Mapping[str, str]) -> HTTPResponse:
+        if self._session is None:
+            raise RuntimeError(f"upstream {self.name} used before start()")
+        async with _mapped(self.name, "failed"):
+            resp = await self._session.request(
+                method, self._base + path, data=body or None,
+                headers=outbound_headers(self.settings, headers), allow_redirects=False)
+        return HTTPResponse(self.name, resp)

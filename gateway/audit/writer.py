@@ -1,0 +1,302 @@
+"""Batched, hash-chained audit writes off the request path, with a local spool.
+
+Every request holds one queue slot from `admit()` until its row is durable (in
+the store or fsynced to the spool), so a full queue stops new requests instead
+of dropping rows. One background task does all chaining and I/O, which keeps
+the chain strictly ordered without locks.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.audit.chain import GENESIS, event_to_row, link, row_from_store
+from gateway.errors import BackendError, Unavailable
+from gateway.protocols import AuditStore
+from gateway.settings import AuditSettings
+from gateway.types import AuditEvent
+
+log = logging.getLogger("portcullis.audit")
+
+
+class AuditMetrics(Protocol):
+    def set_depth(self, n: int) -> None: ...
+    def inc_failures(self) -> None: ...
+    def inc_written(self, n: int) -> None: ...
+
+
+class _NoMetrics:
+    def set_depth(self, n: int) -> None:
+        pass
+
+    def inc_failures(self) -> None:
+        pass
+
+    def inc_written(self, n: int) -> None:
+        pass
+
+
+class AuditWriter:
+    def __init__(self, store: AuditStore, settings: AuditSettings, spool_path: Path,
+                 metrics: AuditMetrics | None = None) -> None:
+        self._store = store
+        self._settings = settings
+        self._spool_path = Path(spool_path)
+        self._metrics: AuditMetrics = metrics or _NoMetrics()
+        self._chain_id = settings.chain_id
+        self._batch_size = settings.batch_size
+        self._flush_s = settings.flush_interval_ms / 1000
+        self._slots = asyncio.Semaphore(settings.queue_max)
+        self._held = 0        # slots taken by admit() and not yet released
+        self._reserved = 0    # admitted but not yet submitted
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._unsaved: list[dict[str, Any]] = []  # chained, neither in store nor spool
+        self._spool_rows = 0
+        self._next_retry = 0.0
+        self._seq = 0
+        self._prev = GENESIS
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted whose rows are not yet durable."""
+        return self._held
+
+    # ---- request path ------------------------------------------------------------
+
+    async def admit(self) -> None:
+        """Reserve a queue slot before the request runs; raise Unavailable when full."""
+        if self._task is None or self._closing:
+            raise Unavailable("audit writer is not running")
+        if not self._slots.locked():
+            await self._slots.acquire()  # free slot: returns without suspending
+        elif self._settings.on_full == "refuse":
+            raise Unavailable("audit queue full")
+        else:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._settings.full_wait_s)
+            except TimeoutError:
+                raise Unavailable("audit queue full") from None
+        self._held += 1
+        self._reserved += 1
+
+    def submit(self, event: AuditEvent) -> None:
+        """Queue an event in a slot taken by admit(); never blocks."""
+        if self._reserved <= 0:
+            raise RuntimeError("AuditWriter.submit() without a slot from admit()")
+        self._reserved -= 1
+        try:
+            row = event_to_row(event)
+        except Exception:
+            # A malformed event is a caller bug: give its slot back rather than leak it.
+            self._held -= 1
+            self._slots.release()
+            raise
+        self._queue.append(row)
+        n = len(self._queue)
+        if n == 1 or n >= self._batch_size:
+            self._wake.set()
+
+    async def record(self, event: AuditEvent) -> None:
+        await self.admit()
+        self.submit(event)
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay a spool left by an earlier run, find the chain head, start draining."""
+        spooled = await asyncio.to_thread(self._read_spool)
+        self._spool_rows = len(spooled)
+        mine = [r for r in spooled if r["chain_id"] == self._chain_id]
+        if mine:
+            # The spool is newer than the store: continue from its last row.
+            self._seq, self._prev = int(mine[-1]["seq"]), str(mine[-1]["hash"])
+        else:
+            try:
+                head = await self._store.last_link(self._chain_id)
+            except BackendError as e:
+                raise Unavailable(f"audit store unavailable at startup: {e}") from e
+            self._seq, self._prev = head if head else (0, GENESIS)
+        if self._spool_rows:
+            log.info("replaying %d spooled audit rows", self._spool_rows)
+            await self._replay(force=True)
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="portcullis-audit-writer")
+
+    async def aclose(self) -> None:
+        """Write everything queued (to the store or the spool), then stop.
+
+        The store is not closed here: its owner closes it after the writer.
+        """
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._task
+        finally:
+            self._task = None
+        lost = len(self._unsaved) + len(self._queue)
+        if lost:
+            log.error("audit writer closed with %d rows neither stored nor spooled", lost)
+
+    # ---- drain task ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not self._queue:
+                    if self._closing:
+                        break
+                    await self._idle(loop)
+                    continue
+                if len(self._queue) < self._batch_size and not self._closing:
+                    # Give the batch up to flush_interval to fill.
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._flush_s)
+                    except TimeoutError:
+                        pass
+                n = min(len(self._queue), self._batch_size)
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._unsaved.extend(self._chain(r) for r in batch)
+                await self._persist()
+                self._metrics.set_depth(self._held)
+            except Exception:  # keep draining: a dead task would stall every request
+                log.exception("audit writer loop failed; retrying")
+                await asyncio.sleep(self._settings.retry_interval_s)
+        # Closing: one last attempt at whatever is still only in memory or the spool.
+        if self._unsaved:
+            await self._persist(force=True)
+        elif self._spool_rows:
+            await self._replay(force=True)
+        self._metrics.set_depth(self._held)
+
+    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for work; when rows are spooled or unsaved, wake up to retry them."""
+        pending = bool(self._spool_rows or self._unsaved)
+        timeout = max(0.0, self._next_retry - loop.time()) if pending else None
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        if self._queue or self._closing:
+            return
+        if self._unsaved:
+            await self._persist()
+        elif self._spool_rows:
+            await self._replay()
+
+    def _chain(self, row: dict[str, Any]) -> dict[str, Any]:
+        row["chain_id"] = self._chain_id
+        row["seq"] = self._seq + 1
+        row["prev_hash"] = self._prev
+        try:
+            row["hash"] = link(self._prev, row)
+        except (TypeError, orjson.JSONEncodeError):
+            # Keep the row (never drop), minus the part that cannot be serialized.
+            log.error("audit row %s: policy_input not serializable", row.get("request_id"))
+            row["policy_input"] = None
+            row["error"] = ((row.get("error") or "") + " [policy_input not serializable]").strip()
+            row["hash"] = link(self._prev, row)
+        self._seq += 1
+        self._prev = row["hash"]
+        return row
+
+    async def _persist(self, force: bool = False) -> None:
+        """Make `_unsaved` durable: store first (after the spool drains), else spool."""
+        rows = self._unsaved
+        if not rows:
+            return
+        if not self._spool_rows or await self._replay(force):
+            try:
+                await self._store.insert_batch(rows)
+            except Exception as e:
+                self._failed(f"audit store write failed ({len(rows)} rows), spooling: {e}")
+            else:
+                self._durable(len(rows), written=True)
+                return
+        try:
+            await asyncio.to_thread(self._append_spool, rows)
+        except OSError as e:
+            # Neither store nor spool: keep rows (and their slots) in memory.
+            self._failed(f"audit spool write failed ({len(rows)} rows held in memory): {e}")
+            return
+        self._spool_rows += len(rows)
+        self._durable(len(rows), written=False)
+
+    async def _replay(self, force: bool = False) -> bool:
+        """Move spooled rows into the store, in order; True when the spool is empty."""
+        if not self._spool_rows:
+            return True
+        if not force and asyncio.get_running_loop().time() < self._next_retry:
+            return False
+        try:
+            rows = await asyncio.to_thread(self._read_spool)
+            for i in range(0, len(rows), self._batch_size):
+                # Idempotent: a partial earlier replay left some of these in the store.
+                await self._store.insert_batch(rows[i:i + self._batch_size])
+        except Exception as e:
+            self._failed(f"audit spool replay failed, will retry: {e}")
+            return False
+        await asyncio.to_thread(self._spool_path.unlink, missing_ok=True)
+        log.info("replayed %d spooled audit rows", len(rows))
+        self._metrics.inc_written(len(rows))
+        self._spool_rows = 0
+        return True
+
+    def _failed(self, message: str) -> None:
+        log.warning(message)
+        self._metrics.inc_failures()
+        self._next_retry = asyncio.get_running_loop().time() + self._settings.retry_interval_s
+
+    def _durable(self, n: int, *, written: bool) -> None:
+        self._unsaved = []
+        self._held -= n
+        for _ in range(n):
+            self._slots.release()
+        if written:
+            self._metrics.inc_written(n)
+
+    # ---- spool file (runs in a worker thread) ----------------------------------------
+
+    def _append_spool(self, rows: list[dict[str, Any]]) -> None:
+        self._spool_path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        with open(self._spool_path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_spool(self) -> list[dict[str, Any]]:
+        try:
+            data = self._spool_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        rows, good = [], 0
+        for line in data.splitlines(keepends=True):
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("incomplete line")
+                rows.append(row_from_store(orjson.loads(line)))
+            except ValueError:
+                if good + len(line) < len(data):
+                    raise Unavailable(f"audit spool {self._spool_path} is corrupt at byte {good}") from None
+                # A crash mid-append leaves a partial last line; its slot was never released.
+                log.warning("dropping a partial last line from audit spool %s", self._spool_path)
+                with open(self._spool_path, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+                break
+            good += len(line)
+        return rows

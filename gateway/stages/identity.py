@@ -1,0 +1,130 @@
+"""Identity resolution (DESIGN contract 1): credential -> Principal -> Agent.
+
+Sources are tried in order (API keys, then JWT); the first that recognizes the
+credential wins. `X-Agent-Id` then picks an agent the credential's workspace
+owns; a credential pinned to one agent can never switch to a sibling.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from gateway.directory import AgentDirectory
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.protocols import IdentitySource
+from gateway.settings import ConfigError
+from gateway.types import Agent, Principal
+
+MISSING = "missing credentials: send Authorization: Bearer <key> or x-api-key"
+
+
+def _show(value: str, limit: int = 64) -> str:
+    """Client-supplied ids are echoed in errors; keep them bounded and printable."""
+    return value if len(value) <= limit and value.isprintable() else (
+        value[:limit].encode("unicode_escape").decode("ascii") + "…")
+
+
+def credential(headers: Mapping[str, str]) -> str | None:
+    """The bearer token or x-api-key value; Authorization wins when both are sent."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, value = auth.strip().partition(" ")
+        # Never echo the scheme: a bare "sk-…" header would put the key in the error.
+        if scheme.lower() != "bearer":
+            raise AuthenticationFailed("unsupported authorization scheme; use Bearer")
+        value = value.strip()
+        if not value:
+            raise AuthenticationFailed("empty bearer credential in Authorization header")
+        return value
+    key = headers.get("x-api-key")
+    if key is not None:
+        key = key.strip()
+        if not key:
+            raise AuthenticationFailed("empty x-api-key header")
+        return key
+    return None
+
+
+class IdentityResolver:
+    def __init__(self, sources: Sequence[IdentitySource], directory: AgentDirectory,
+                 anonymous_agent: str | None = None) -> None:
+        self._sources = tuple(sources)
+        self._directory = directory
+        self._anonymous: Agent | None = None
+        if anonymous_agent is not None:
+            agent = directory.agent(anonymous_agent)
+            if agent is None:
+                raise ConfigError([("identity.anonymous_agent",
+                                    f"unknown agent {anonymous_agent!r}")])
+            self._anonymous = agent
+
+    @property
+    def directory(self) -> AgentDirectory:
+        return self._directory
+
+    async def start(self) -> None:
+        for source in self._sources:
+            await source.start()
+
+    async def aclose(self) -> None:
+        for source in self._sources:
+            await source.aclose()
+
+    async def resolve(self, headers: Mapping[str, str]) -> tuple[Agent, Principal]:
+        """The acting agent and the principal behind it.
+
+        Raises AuthenticationFailed (401) for missing or invalid credentials and
+        PermissionDenied (403) when the agent cannot be used by this credential.
+        """
+        requested = (headers.get("x-agent-id") or "").strip() or None
+        token = credential(headers)
+        if token is None:
+            return self._anonymous_identity(requested)
+        principal = await self._principal(token)
+        agent = self._select(principal, requested)
+        self._check_usable(agent, principal.workspace)
+        return agent, principal
+
+    async def _principal(self, token: str) -> Principal:
+        for source in self._sources:
+            principal = await source.resolve(token)
+            if principal is not None:
+                return principal
+        raise AuthenticationFailed("invalid API key or token")
+
+    def _anonymous_identity(self, requested: str | None) -> tuple[Agent, Principal]:
+        agent = self._anonymous
+        # Asking for a specific other agent needs a credential; say so rather
+        # than silently acting as the anonymous agent.
+        if agent is None or (requested is not None and requested != agent.id):
+            raise AuthenticationFailed(MISSING)
+        self._check_usable(agent, agent.workspace)
+        return agent, Principal(workspace=agent.workspace, auth="anonymous", agent=agent)
+
+    def _select(self, principal: Principal, requested: str | None) -> Agent:
+        ws = principal.workspace
+        pinned = principal.agent
+        if requested is not None:
+            if pinned is not None and requested != pinned.id:
+                raise PermissionDenied(
+                    f"credential is pinned to agent {pinned.id}; "
+                    f"X-Agent-Id {_show(requested)} is not allowed")
+            if pinned is None:
+                agent = self._directory.agent(requested)
+                if agent is None or agent.workspace != ws:
+                    raise PermissionDenied(f"agent {_show(requested)} is not in workspace {ws}")
+                return agent
+        if pinned is not None:
+            return pinned
+        default = self._directory.default_agent(ws)
+        if default is None:
+            raise PermissionDenied(f"workspace {ws} has no default agent; send X-Agent-Id")
+        return default
+
+    def _check_usable(self, agent: Agent, workspace: str) -> None:
+        # A JWT agent may not be listed in the directory; when it is, the
+        # directory's workspace and revoked flag win over the token's claims.
+        known = self._directory.agent(agent.id)
+        if known is not None and known.workspace != workspace:
+            raise PermissionDenied(f"agent {agent.id} is not in workspace {workspace}")
+        if agent.revoked or (known is not None and known.revoked):
+            raise PermissionDenied(f"agent {agent.id} is revoked")

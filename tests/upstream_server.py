@@ -1,0 +1,132 @@
+"""A local provider for tests: wire.py's formats over a real uvicorn socket.
+
+Records every request, and injects faults chosen by the request's model name:
+  fault-500              answers 500 with an OpenAI error body
+  fault-slow             waits `slow_s` before answering (longer than a short read timeout)
+  fault-stall-midstream  streams a few events, then goes silent for `slow_s`
+  fault-die-midstream    streams a few events, then drops the connection
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from adapters.upstream import wire
+
+FAULT_EVENTS = 3  # events sent before a mid-stream fault
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class _Dropped(Exception):
+    """Raised inside a streaming body: uvicorn then closes the socket mid-response."""
+
+
+@dataclass
+class UpstreamServer:
+    slow_s: float = 5.0
+    requests: list[Recorded] = field(default_factory=list)
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+    _port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
+        config = uvicorn.Config(_drops_quietly(app), lifespan="off", log_level="warning",
+                                timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # surface the startup failure
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+            self._server = self._task = None
+
+    async def _handle(self, request: Request) -> Response:
+        body = await request.body()
+        self.requests.append(Recorded(request.method, request.url.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, body))
+        api = "anthropic" if request.url.path == "/v1/messages" else "openai"
+        try:
+            parsed = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            return _json(400, wire.error_body(api, 400, "could not parse the JSON body"))
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if model == "fault-500":
+            return _json(500, wire.error_body(api, 500, "The server had an error"))
+        if model == "fault-slow":
+            await self._idle(request)
+        path = request.url.path
+        if not isinstance(parsed, dict) or not wire.wants_stream(path, parsed):
+            status, data = wire.respond(path, parsed, api=api)
+            return _json(status, data)
+        try:
+            events = wire.respond_stream(path, parsed)
+        except wire.WireError as e:
+            return _json(e.status, e.body(api))
+        return StreamingResponse(self._stream(events, model), media_type="text/event-stream")
+
+    async def _stream(self, events: Any, model: Any) -> AsyncIterator[bytes]:
+        for i, event in enumerate(events):
+            if i == FAULT_EVENTS and model == "fault-die-midstream":
+                raise _Dropped("dropping the connection on purpose")
+            if i == FAULT_EVENTS and model == "fault-stall-midstream":
+                await asyncio.sleep(self.slow_s)
+            yield event
+            await asyncio.sleep(0)  # flush each event on its own
+
+    async def _idle(self, request: Request) -> None:
+        # Ends early when the client gives up, so stop() need not wait out the sleep.
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        try:
+            await asyncio.wait_for(disconnected(), self.slow_s)
+        except TimeoutError:
+            pass
+
+
+def _drops_quietly(app: Any) -> Any:
+    """Swallow _Dropped: uvicorn then sees an unfinished response and closes the
+    socket (one log line instead of a traceback)."""
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        except _Dropped:
+            pass
+    return wrapped
+
+
+def _json(status: int, data: bytes) -> Response:
+    return Response(data, status_code=status, media_type="application/json")
