@@ -1,0 +1,64 @@
+# METADATA
+# title: Maturity versus action complexity
+# description: |
+#   Each action has a complexity (1-4); complexity n needs at least the maturity
+#   that data.portcullis.config.min_maturity_for_complexity names for n.
+#   Tool calls take their complexity from the config when the tool is listed
+#   there, else from its MCP annotations when the server's are trusted.
+package portcullis.maturity
+
+import rego.v1
+
+import data.portcullis.tiers
+
+cfg := data.portcullis.config
+
+# METADATA
+# title: Maturity rank
+# description: Position of each maturity in the configured order (student = 0).
+rank[m] := i if some i, m in cfg.maturity_order
+
+# METADATA
+# title: Known maturity
+known(m) if rank[m]
+
+# METADATA
+# title: Known action
+# description: An action with a configured complexity, or tool.call (complexity from the tool).
+known_action(action) if cfg.action_complexity[action]
+
+known_action(action) if action == "tool.call"
+
+# METADATA
+# title: Action complexity
+# description: Complexity of an action on a resource; undefined for an unknown action.
+complexity(action, resource) := tool_complexity(resource) if {
+	action == "tool.call"
+} else := cfg.action_complexity[action]
+
+# METADATA
+# title: Tool complexity
+# description: |
+#   Listed per server and tool in the config, else 2 for a read-only hint,
+#   4 for a destructive hint (hints count only from trusted servers), else 3.
+tool_complexity(resource) := c if {
+	c := tiers.server(resource.server).tool_complexity[resource.name]
+} else := cfg.tool_annotation_complexity.read_only if {
+	trusted(resource)
+	resource.annotations.readOnlyHint == true
+} else := cfg.tool_annotation_complexity.destructive if {
+	trusted(resource)
+	resource.annotations.destructiveHint == true
+} else := cfg.tool_annotation_complexity.default
+
+trusted(resource) if tiers.server(object.get(resource, ["server"], null)).trust_annotations == true
+
+# METADATA
+# title: Required maturity
+# description: The lowest maturity allowed to perform an action of this complexity.
+required(complexity) := cfg.min_maturity_for_complexity[format_int(complexity, 10)]
+
+# METADATA
+# title: Maturity sufficient
+# description: True when the maturity ranks at or above the one the complexity requires.
+sufficient(maturity, complexity) if rank[maturity] >= rank[required(complexity)]
