@@ -8,9 +8,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, NotFound, Unavailable
+from gateway.errors import GatewayError, NotFound
 from gateway.http import headers_dict, send_bytes
-from gateway.pipeline import Services, new_exchange, refuse_unadmitted, send_error
+from gateway.pipeline import Services, admit, send_error
 from gateway.stages.policy import policy_input
 from gateway.surfaces import anthropic, openai
 from gateway.types import Decision
@@ -33,11 +33,8 @@ class ModelsEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, _surface_for(scope)
-        ex = new_exchange(scope, surface.NAME, s)
-        try:
-            await s.audit.admit()
-        except Unavailable as e:
-            await refuse_unadmitted(send, surface, s, e)
+        ex = await admit(scope, send, surface, s)
+        if ex is None:
             return
         wanted = scope.get("path_params", {}).get("model")
         ex.action, ex.resource_type, ex.resource_name = "llm.models", "model", wanted or "*"
@@ -93,11 +90,8 @@ class NotFoundEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, _surface_for(scope)
-        ex = new_exchange(scope, surface.NAME, s)
-        try:
-            await s.audit.admit()
-        except Unavailable as e:
-            await refuse_unadmitted(send, surface, s, e)
+        ex = await admit(scope, send, surface, s)
+        if ex is None:
             return
         try:
             try:  # who asked is worth recording, but a 404 must not turn into a 401

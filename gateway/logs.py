@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 
@@ -12,6 +13,8 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
         rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        # uvicorn attaches an ANSI-coloured copy of each message; it is noise in JSON.
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

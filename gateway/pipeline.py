@@ -70,12 +70,20 @@ async def send_error(send: Any, surface: ModuleType, ex: Exchange, err: GatewayE
     await send_bytes(send, err.status, surface.error_body(err, ex.request_id), hdrs)
 
 
-async def refuse_unadmitted(send: Any, surface: ModuleType, services: Services, err: Unavailable) -> None:
-    """The audit queue is full: refuse before doing anything, so nothing goes unaudited."""
-    rid = "req_" + uuid.uuid4().hex
-    log.error("refused %s: %s", rid, err.message, extra={"request_id": rid})
-    services.metrics.requests.labels(surface.NAME, "refused", "503").inc()
-    await send_bytes(send, 503, surface.error_body(err, rid), [(b"x-request-id", rid.encode())])
+async def admit(scope: dict[str, Any], send: Any, surface: ModuleType, services: Services) -> Exchange | None:
+    """Take an audit queue slot before any work, or refuse: nothing is admitted unaudited.
+
+    Returns the request's Exchange, or None when the request was refused (503).
+    """
+    ex = new_exchange(scope, surface.NAME, services)
+    try:
+        await services.audit.admit()
+    except Unavailable as err:
+        log.error("refused: %s", err.message, extra={"request_id": ex.request_id})
+        services.metrics.requests.labels(surface.NAME, "refused", "503").inc()
+        await send_bytes(send, 503, surface.error_body(err, ex.request_id), [(b"x-request-id", ex.request_id.encode())])
+        return None
+    return ex
 
 
 class LLMEndpoint:
@@ -88,11 +96,8 @@ class LLMEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s, surface = self.s, self.surface
-        ex = new_exchange(scope, surface.NAME, s)
-        try:
-            await s.audit.admit()
-        except Unavailable as e:
-            await refuse_unadmitted(send, surface, s, e)
+        ex = await admit(scope, send, surface, s)
+        if ex is None:
             return
         reservation = None
         try:
@@ -214,6 +219,13 @@ class LLMEndpoint:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _observe(self, ex: Exchange) -> None:
+        if ex.status >= 400 or ex.error:
+            # Refusals and failures are logged; successes are in the audit log only,
+            # which keeps the hot path free of a log write per request.
+            log.info("request not served" if ex.status >= 400 else "request failed late", extra={
+                "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
+                "action": ex.action, "model": ex.resource_name, "decision": ex.outcome,
+                "status": ex.status, "error": ex.error})
         m = self.s.metrics
         m.requests.labels(self.surface.NAME, ex.outcome, str(ex.status)).inc()
         total = ex.elapsed_ms()
