@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.context import Exchange
 from gateway.errors import GatewayError, NotFound
 from gateway.http import headers_dict, send_bytes
 from gateway.pipeline import Services, admit, send_error
@@ -25,17 +26,32 @@ def _surface_for(scope: dict[str, Any]) -> Any:
     return openai
 
 
-class ModelsEndpoint:
-    """GET /v1/models[/{id}]: only the models the caller's policy allows."""
+class _AuditedEndpoint:
+    """Admission, one audit row and the request metric around `handle`, whatever it does."""
 
     def __init__(self, services: Services) -> None:
         self.s = services
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        s, surface = self.s, _surface_for(scope)
-        ex = await admit(scope, send, surface, s)
+        surface = _surface_for(scope)
+        ex = await admit(scope, send, surface, self.s)
         if ex is None:
             return
+        try:
+            await self.handle(scope, send, surface, ex)
+        finally:
+            self.s.audit.submit(ex.audit_event())
+            self.s.metrics.requests.labels(surface.NAME, ex.outcome, str(ex.status)).inc()
+
+    async def handle(self, scope: dict[str, Any], send: Any, surface: Any, ex: Exchange) -> None:
+        raise NotImplementedError
+
+
+class ModelsEndpoint(_AuditedEndpoint):
+    """GET /v1/models[/{id}]: only the models the caller's policy allows."""
+
+    async def handle(self, scope: dict[str, Any], send: Any, surface: Any, ex: Exchange) -> None:
+        s = self.s
         wanted = scope.get("path_params", {}).get("model")
         ex.action, ex.resource_type, ex.resource_name = "llm.models", "model", wanted or "*"
         try:
@@ -64,9 +80,6 @@ class ModelsEndpoint:
             await send_bytes(send, 200, body, [(b"x-request-id", ex.request_id.encode())])
         except GatewayError as e:
             await send_error(send, surface, ex, e)
-        finally:
-            s.audit.submit(ex.audit_event())
-            s.metrics.requests.labels(surface.NAME, ex.outcome, str(ex.status)).inc()
 
     @staticmethod
     def _render(surface: Any, models: list[tuple[str, str]], single: bool) -> bytes:
@@ -82,28 +95,17 @@ class ModelsEndpoint:
         return orjson.dumps(items[0] if single else {"object": "list", "data": items})
 
 
-class NotFoundEndpoint:
+class NotFoundEndpoint(_AuditedEndpoint):
     """Any route the gateway does not serve: a 404 in the caller's format, audited."""
 
-    def __init__(self, services: Services) -> None:
-        self.s = services
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        s, surface = self.s, _surface_for(scope)
-        ex = await admit(scope, send, surface, s)
-        if ex is None:
-            return
-        try:
-            try:  # who asked is worth recording, but a 404 must not turn into a 401
-                ex.agent, ex.principal = await s.identity.resolve(headers_dict(scope))
-            except GatewayError:
-                pass
-            ex.resource_name = scope["path"][:200]
-            await send_error(send, surface, ex, NotFound(f"unknown route: {scope['method']} {scope['path'][:200]}",
-                                                         code="unknown_route"))
-        finally:
-            s.audit.submit(ex.audit_event())
-            s.metrics.requests.labels(surface.NAME, ex.outcome, str(ex.status)).inc()
+    async def handle(self, scope: dict[str, Any], send: Any, surface: Any, ex: Exchange) -> None:
+        try:  # who asked is worth recording, but a 404 must not turn into a 401
+            ex.agent, ex.principal = await self.s.identity.resolve(headers_dict(scope))
+        except GatewayError:
+            pass
+        ex.resource_name = scope["path"][:200]
+        await send_error(send, surface, ex, NotFound(f"unknown route: {scope['method']} {scope['path'][:200]}",
+                                                     code="unknown_route"))
 
 
 class OpsEndpoints:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.surfaces.base import Parsed, SSESplitter, load_json_object, optional_int, require_model, sse_data
+from gateway.surfaces.base import (Parsed, SSESplitter, load_json_object, optional_int, require_model,
+                                   sse_data, usage_object)
 from gateway.types import Usage
 
 NAME = "anthropic"
@@ -50,11 +51,7 @@ def stream_error_event(err: GatewayError, request_id: str) -> bytes:
 
 
 def usage_from_body(raw: bytes) -> Usage:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Usage()
-    u = body.get("usage") if isinstance(body, dict) else None
+    u = usage_object(raw)
     if not isinstance(u, dict):
         return Usage()
     return Usage(u.get("input_tokens"), u.get("output_tokens"))

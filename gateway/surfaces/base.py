@@ -50,6 +50,15 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def usage_object(raw: bytes) -> Any:
+    """The `usage` member of a response body, or None; a bad body is not an error here."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("usage") if isinstance(body, dict) else None
+
+
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:

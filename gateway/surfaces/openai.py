@@ -6,7 +6,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.surfaces.base import Parsed, SSESplitter, load_json_object, optional_int, require_model, sse_data
+from gateway.surfaces.base import (Parsed, SSESplitter, load_json_object, optional_int, require_model,
+                                   sse_data, usage_object)
 from gateway.types import Usage
 
 NAME = "openai"
@@ -83,11 +84,7 @@ def stream_error_event(err: GatewayError, request_id: str) -> bytes:
 
 
 def usage_from_body(raw: bytes) -> Usage:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Usage()
-    return _usage(body.get("usage") if isinstance(body, dict) else None)
+    return _usage(usage_object(raw))
 
 
 def _usage(u: Any) -> Usage:
