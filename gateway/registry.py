@@ -16,9 +16,11 @@ BACKENDS: dict[str, dict[str, str]] = {
     },
     "limits": {
         "memory": "adapters.ratelimit.memory:MemoryRateLimiter",
+        "redis": "adapters.ratelimit.redis:RedisRateLimiter",
     },
     "audit": {
         "sqlite": "adapters.audit.sqlite:SQLiteAuditStore",
+        "postgres": "adapters.audit.postgres:PostgresAuditStore",
     },
     "upstream": {
         "openai": "adapters.upstream.http:HTTPUpstream",

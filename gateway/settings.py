@@ -88,12 +88,17 @@ class CacheSettings(_Model):
 
 
 class LimitsSettings(_Model):
-    backend: str = "memory"
+    backend: str = "memory"  # memory (one process) | redis (exact across replicas) | module:Class
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "portcullis:limits:"  # keys of one gateway fleet share this prefix
+    redis_timeout_s: float = Field(0.5, gt=0)  # per command; a slower Redis is treated as down
 
 
 class AuditSettings(_Model):
-    backend: str = "sqlite"
-    path: str = "var/audit.db"
+    backend: str = "sqlite"  # sqlite (embedded) | postgres (fleet) | module:Class
+    path: str = "var/audit.db"  # sqlite file
+    dsn: str = "postgresql://127.0.0.1:5432/portcullis"  # postgres
+    table: str = Field("audit_log", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     spool_path: str = "var/audit.spool"
     chain_id: str = Field(default_factory=socket.gethostname)
     batch_size: int = Field(500, gt=0)
