@@ -134,6 +134,9 @@ class Gateway:
         return self.settings.path(self.settings.audit.path)
 
     def audit_rows(self, where: str = "1=1", args: tuple = ()) -> list[dict[str, Any]]:
+        if self.settings.audit.backend == "postgres":
+            from tests import pg
+            return self.loop.run(pg.audit_rows(self.settings.audit, where, args))
         con = sqlite3.connect(self.audit_db)
         con.row_factory = sqlite3.Row
         try:

@@ -52,15 +52,19 @@ def _float(v: float | None) -> float | None:
     return round(v, 3) if math.isfinite(v) else None
 
 
+def _mapping(v: Any) -> Any:
+    if isinstance(v, Mapping):  # e.g. an agent's labels as a read-only mapping
+        return dict(v)
+    raise TypeError(f"{type(v).__name__} cannot go into an audit row")
+
+
 def _plain(v: Any) -> Any:
-    """Mappings and sequences as plain dicts and lists, so orjson can serialize them."""
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    return v
+    """Mappings and sequences as plain dicts and lists, non-finite floats as None.
+
+    One orjson round trip does it in C; a recursive isinstance walk cost more than
+    hashing the row (measured with the audit micro-benchmark).
+    """
+    return orjson.loads(orjson.dumps(v, default=_mapping, option=orjson.OPT_NON_STR_KEYS))
 
 
 def format_ts(ts: float | datetime) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from gateway.errors import RateLimited
+from gateway.errors import BackendError, RateLimited, Unavailable
 from gateway.metrics import Metrics
 from gateway.protocols import RateLimiter
 from gateway.types import Decision, Limits, LimitResult, Reservation, Usage
@@ -47,7 +47,10 @@ class LimitStage:
         limits = limits_from(decision)
         if limits.requests_per_minute is None and limits.tokens_per_minute is None:
             return LimitResult(allowed=True)
-        r = await self._limiter.reserve(agent_id, limits, tokens)
+        try:
+            r = await self._limiter.reserve(agent_id, limits, tokens)
+        except BackendError as e:  # fail closed: nothing is admitted unchecked
+            raise Unavailable(f"rate limiter unavailable: {e}", code="rate_limiter_unavailable") from e
         if r.allowed:
             return r
         self._metrics.rate_limited.labels(r.reason).inc()

@@ -1,0 +1,295 @@
+"""Fleet audit store: one PostgreSQL table shared by every replica, through an asyncpg pool.
+
+Each replica appends its own chain (chain_id), so rows are keyed (chain_id, seq)
+and nothing here assumes a single writer. A batch is one transaction: binary COPY
+into a per-connection temp table (ON COMMIT DELETE ROWS), then `INSERT ... SELECT
+... ON CONFLICT DO NOTHING` into the real table (COPY alone cannot skip
+conflicts; this measured about twice as fast as INSERT ... SELECT FROM unnest).
+Spool replays are therefore idempotent, and when rows were skipped the stored
+hashes are compared, exactly as the SQLite store does: a different row at the
+same (chain_id, seq) is a ChainConflict.
+
+Types are chosen so a stored row reads back to the same canonical bytes:
+ts is timestamptz (microseconds, read back as a UTC datetime that row_from_store
+formats like format_ts), reasons/policy_input are `json` (kept as the exact text
+written; jsonb would renumber floats and refuse \\u0000), chain_id sorts
+byte-wise (COLLATE "C") like SQLite. PostgreSQL text cannot hold NUL, which a
+client can put into a row (a model name, a 404 path), so a text value holding
+NUL, or starting with U+E000, is stored as U+E000 + its JSON string and decoded
+on read: lossless, so such a row still verifies, and one request cannot wedge
+a whole batch. asyncpg and socket errors become gateway.errors.BackendError;
+messages name the server but never its password.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import asyncpg
+import orjson
+
+from gateway.audit.chain import ROW_FIELDS, ChainConflict, row_from_store
+from gateway.errors import BackendError
+from gateway.settings import AuditSettings
+
+_TYPES = {
+    "chain_id": 'text COLLATE "C" NOT NULL', "seq": "bigint NOT NULL", "ts": "timestamptz NOT NULL",
+    "request_id": "text NOT NULL", "tier": "integer", "stream": "boolean", "reasons": "json",
+    "cache_hit": "boolean", "status": "integer", "latency_ms": "double precision",
+    "upstream_ms": "double precision", "input_tokens": "bigint", "output_tokens": "bigint",
+    "policy_input": "json", "prev_hash": "text NOT NULL", "hash": "text NOT NULL",
+}
+_COLUMNS = ", ".join(ROW_FIELDS)
+_JSON_FIELDS = ("reasons", "policy_input")
+_TEXT_FIELDS = frozenset(f for f in ROW_FIELDS if f not in _TYPES) | {"chain_id", "request_id"}
+_MARK = "\ue000"
+_STAGE = "portcullis_audit_stage"
+_PAGE = 1000
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+           TimeoutError)
+
+
+# Not on a read-only server or session (a hot standby serving `audit verify`): there
+# inserts fail anyway, as BackendError, while reads keep working.
+_STAGE_DDL = (
+    "DO $$ BEGIN IF NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' THEN "
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
+    + ", ".join(f"{f} {_TYPES.get(f, 'text')}" for f in ROW_FIELDS)
+    + ") ON COMMIT DELETE ROWS; END IF; END $$")
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, str) and ("\x00" in v or v.startswith(_MARK)):
+        return _MARK + orjson.dumps(v).decode()
+    return v
+
+
+def _untext(v: Any) -> Any:
+    if isinstance(v, str) and v.startswith(_MARK):
+        try:
+            s = orjson.loads(v[1:])
+        except orjson.JSONDecodeError:
+            return v  # not ours (edited by hand): left as is, so verify reports it
+        return s if isinstance(s, str) else v
+    return v
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    return row_from_store({f: _untext(v) if f in _TEXT_FIELDS else v for f, v in record.items()})
+
+
+def _json(v: Any) -> str:
+    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _ts(v: Any) -> Any:
+    return datetime.fromisoformat(v) if isinstance(v, str) else v
+
+
+# Per column, in ROW_FIELDS order: how a value is encoded for the table (None: as is).
+_ENCODE = tuple(_json if f in _JSON_FIELDS else _ts if f == "ts" else _text if f in _TEXT_FIELDS else None
+                for f in ROW_FIELDS)
+
+
+def _record(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One row as COPY takes it, in ROW_FIELDS order."""
+    return tuple(v if enc is None or v is None else enc(v)
+                 for enc, v in zip(_ENCODE, [row[f] for f in ROW_FIELDS]))
+
+
+async def _make_stage(conn: asyncpg.Connection) -> None:
+    """Pool `init`: every connection, new or replacing a lost one, gets its staging table."""
+    await conn.execute(_STAGE_DDL)
+
+
+def _secrets(dsn: str) -> list[str]:
+    """The password of a DSN (as written and percent-decoded), wherever it is given."""
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password] if parts.password else []
+        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if k == "password"]
+    except ValueError:
+        return [dsn]  # unparseable: treat the whole DSN as secret
+    return [s for p in found for s in {p, unquote(p)} if s]
+
+
+def _where(dsn: str) -> str:
+    """user@host:port/db, for messages."""
+    try:
+        p = urlsplit(dsn)
+        user = f"{p.username}@" if p.username else ""
+        port = f":{p.port}" if p.port else ""
+        return f"{user}{p.hostname or 'localhost'}{port}{p.path}"
+    except ValueError:
+        return "(unparseable dsn)"
+
+
+class PostgresAuditStore:
+    def __init__(self, settings: AuditSettings, path: Path | None = None) -> None:
+        # `path` is the SQLite file; accepted so every store is built the same way, unused here.
+        self._settings = settings
+        self._table = f'"{settings.table}"'  # settings validated it as a plain identifier
+        self._timeout = settings.timeout_s
+        self._secrets = _secrets(settings.dsn)
+        self._label = self._scrub(f"audit postgres {_where(settings.dsn)} table {settings.table}")
+        self._pool: asyncpg.Pool | None = None
+        t, cols = self._table, _COLUMNS
+        self._schema = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            + ", ".join(f"{f} {_TYPES.get(f, 'text')}" for f in ROW_FIELDS)
+            + ", PRIMARY KEY (chain_id, seq))",
+            f'CREATE INDEX IF NOT EXISTS "{settings.table[:59]}_ts" ON {t} (ts)',
+        )
+        self._insert = (f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {_STAGE} "
+                        "ON CONFLICT (chain_id, seq) DO NOTHING")
+        # The first skipped row whose stored hash differs (or that is not there at all).
+        self._conflict = (
+            f"SELECT b.chain_id, b.seq FROM {_STAGE} b LEFT JOIN {t} s "
+            "ON s.chain_id = b.chain_id AND s.seq = b.seq WHERE s.hash IS DISTINCT FROM b.hash LIMIT 1")
+        self._last = f"SELECT seq, hash FROM {t} WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1"
+        self._tail = f"SELECT {cols} FROM {t} ORDER BY ts DESC, chain_id DESC, seq DESC LIMIT $1"
+        self._first_page = f"SELECT {cols} FROM {t} ORDER BY chain_id, seq LIMIT {_PAGE}"
+        self._next_page = (f"SELECT {cols} FROM {t} WHERE (chain_id, seq) > ($1, $2) "
+                           f"ORDER BY chain_id, seq LIMIT {_PAGE}")
+        self._chain_first = f"SELECT {cols} FROM {t} WHERE chain_id = $1 ORDER BY seq LIMIT {_PAGE}"
+        self._chain_next = (f"SELECT {cols} FROM {t} WHERE chain_id = $1 AND seq > $2 "
+                            f"ORDER BY seq LIMIT {_PAGE}")
+
+    # ---- errors ----------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _error(self, what: str, e: BaseException) -> BackendError:
+        """A BackendError for `e` whose text (and traceback) cannot show the DSN's password."""
+        text = f"{type(e).__name__}: {e}"
+        scrubbed = self._scrub(text)
+        err = BackendError(f"{self._label}: {what}: {scrubbed}")
+        err.__cause__ = e if scrubbed == text else None  # a leaky cause is not chained
+        err.__suppress_context__ = True
+        return err
+
+    def _pool_or_fail(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise BackendError(f"{self._label}: store is not started")
+        return self._pool
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self._settings
+        try:
+            self._pool = await asyncpg.create_pool(
+                s.dsn, min_size=min(s.pool_min_size, s.pool_max_size), max_size=s.pool_max_size,
+                timeout=self._timeout, command_timeout=self._timeout, init=_make_stage,
+                server_settings={"application_name": f"portcullis-audit {s.chain_id}"[:63]})
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                # Replicas starting together: concurrent CREATE ... IF NOT EXISTS can still collide.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"portcullis:{s.table}")
+                # DDL only when the table is missing, so a role granted just INSERT and SELECT
+                # on a table made by a migration (or SELECT, for `audit verify`) can start.
+                if await conn.fetchval("SELECT to_regclass($1) IS NULL", self._table):
+                    for stmt in self._schema:
+                        await conn.execute(stmt)
+        except (*_ERRORS, ValueError) as e:
+            err = self._error("start failed", e)
+            await self.aclose()
+            raise err
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self._timeout)
+        except (*_ERRORS, asyncio.TimeoutError):
+            pool.terminate()
+
+    # ---- writes ----------------------------------------------------------------------
+
+    async def insert_batch(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        pool = self._pool_or_fail()
+        try:
+            records = [_record(r) for r in rows]
+        except (TypeError, ValueError, orjson.JSONEncodeError) as e:
+            raise BackendError(f"{self._label}: a row cannot be stored: {e}") from e
+        try:
+            async with pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.copy_records_to_table(_STAGE, records=records, columns=ROW_FIELDS)
+                status = await conn.execute(self._insert)
+                if int(status.rsplit(" ", 1)[-1]) != len(rows):
+                    await self._check_skipped(conn)
+        except ChainConflict:
+            raise
+        except asyncpg.UndefinedTableError as e:
+            # No staging table: the connection came up read-only (see _STAGE_DDL).
+            what = "refused: read-only transaction (hot standby?)" if _STAGE in str(e) else "failed"
+            raise self._error(f"insert of {len(rows)} rows {what}", e)
+        except _ERRORS as e:
+            raise self._error(f"insert of {len(rows)} rows failed", e)
+
+    async def _check_skipped(self, conn: asyncpg.Connection) -> None:
+        """Rows ON CONFLICT skipped must be the very rows already stored (a replay)."""
+        found = await conn.fetchrow(self._conflict)
+        if found is not None:
+            raise ChainConflict(f"audit row chain {_untext(found['chain_id'])!r} seq {found['seq']} "
+                                "already stored with a different hash")
+
+    async def writable(self) -> bool:
+        """Can this replica insert now: a primary, not read-only, INSERT granted on the table."""
+        if self._pool is None:
+            return False
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return bool(await conn.fetchval(
+                    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' "
+                    "AND has_table_privilege($1, 'INSERT')", self._table))
+        except _ERRORS:
+            return False
+
+    # ---- reads -----------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = self._pool_or_fail()
+        try:
+            async with pool.acquire(timeout=self._timeout) as conn:
+                return await conn.fetch(sql, *args)
+        except _ERRORS as e:
+            raise self._error("read failed", e)
+
+    async def last_link(self, chain_id: str) -> tuple[int, str] | None:
+        found = await self._fetch(self._last, _text(chain_id))
+        return (int(found[0]["seq"]), str(found[0]["hash"])) if found else None
+
+    async def tail(self, n: int) -> list[dict[str, Any]]:
+        found = await self._fetch(self._tail, max(0, int(n)))
+        return [_row(r) for r in reversed(found)]
+
+    async def iter_chain(self, chain_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every row ordered by (chain_id, seq), a page at a time (keyset on the primary key).
+
+        No connection or transaction is held between pages, so a long verify does
+        not pin a pool slot or hold back vacuum while the writers keep appending.
+        """
+        key = None if chain_id is None else _text(chain_id)
+        if key is None:
+            page = await self._fetch(self._first_page)
+        else:
+            page = await self._fetch(self._chain_first, key)
+        while page:
+            for r in page:
+                yield _row(r)
+            if len(page) < _PAGE:
+                return
+            last = page[-1]
+            if key is None:
+                page = await self._fetch(self._next_page, last["chain_id"], last["seq"])
+            else:
+                page = await self._fetch(self._chain_next, key, last["seq"])

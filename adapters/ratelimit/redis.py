@@ -1,0 +1,194 @@
+"""Token buckets in Redis, shared by every replica of a gateway fleet.
+
+The semantics and results are those of `adapters.ratelimit.memory`: two buckets
+per agent (requests, tokens), each refilling at limit/60 per second; a reserve
+checks both and deducts both or neither; a settle gives back the reservation
+minus the real usage and may drive the level negative.
+
+Every reserve is ONE Lua script that refills, checks and deducts both buckets,
+and every settle is one script too. Redis runs a script with no other command
+in between, so N replicas together admit exactly the limit. The scripts read
+Redis' clock (TIME), so all replicas share one clock.
+
+Keys: `<key_prefix>{<agent>}:r` and `…:t`, hashes of level `l` and time `t`
+(µs). The hash tag puts both buckets of an agent in one cluster slot. A key
+expires when its bucket would be full again: a missing key is a full bucket.
+
+Every Redis failure (refused, timed out, script error) is raised as BackendError,
+naming host:port/db but never the URL's password; `start()` fails when Redis is
+unreachable, so a replica does not come up without its limiter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.errors import BackendError
+from gateway.settings import LimitsSettings
+from gateway.types import Limits, LimitResult, Reservation
+
+_BUCKETS = """
+if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes on Redis < 5
+local now, slack
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now, slack = tonumber(t[1]) * 1000000 + tonumber(t[2]), 1
+else  -- a test clock: Redis expires keys in real time, so keep them an hour longer
+  now, slack = tonumber(ARGV[1]), 3600000
+end
+
+-- The bucket's level now: refilled by cap per minute, never above cap.
+local function load(key, cap)
+  local v = redis.call('HMGET', key, 'l', 't')
+  local level, ts = tonumber(v[1]), tonumber(v[2])
+  if level == nil or ts == nil then return cap, now end
+  if now > ts then return math.min(cap, level + (now - ts) * cap / 60000000), now end
+  return level, ts  -- the clock went back (failover): no refill, keep the later time
+end
+
+-- Store a bucket until it would be full again; a full bucket is no key at all.
+local function save(key, cap, level, ts)
+  if level >= cap then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('HSET', key, 'l', string.format('%.17g', level), 't', string.format('%.17g', ts))
+  redis.call('PEXPIRE', key, math.ceil((cap - level) * 60000 / cap) + slack)
+end
+
+local function num(x)
+  if x == nil then return '' end
+  return string.format('%.17g', x)
+end
+"""
+
+# KEYS: requests bucket, tokens bucket. ARGV: now µs ('' = TIME), rpm, tpm (0 = no limit), tokens.
+# Returns {refusal reason ('' = admitted), requests level, tokens level}, levels after deducting.
+RESERVE = _BUCKETS + """
+local rpm, tpm, need = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local r, rts, t, tts
+if rpm > 0 then r, rts = load(KEYS[1], rpm) end
+if tpm > 0 then t, tts = load(KEYS[2], tpm) end
+local refused = ''
+if tpm > 0 and need > tpm then refused = 'request_too_large'
+elseif rpm > 0 and r < 1 then refused = 'requests'
+elseif tpm > 0 and t < need then refused = 'tokens'
+end
+if refused == '' then
+  if rpm > 0 then r = r - 1; save(KEYS[1], rpm, r, rts) end
+  if tpm > 0 then t = t - need; save(KEYS[2], tpm, t, tts) end
+end
+return {refused, num(r), num(t)}
+"""
+
+# KEYS: tokens bucket. ARGV: now µs ('' = TIME), tpm, tokens given back (negative: overshoot).
+SETTLE = _BUCKETS + """
+local tpm, back = tonumber(ARGV[2]), tonumber(ARGV[3])
+local t, ts = load(KEYS[1], tpm)
+save(KEYS[1], tpm, math.min(tpm, t + back), ts)
+return 1
+"""
+
+
+def _tag(agent: str) -> str:
+    # Braces in an agent id would move the hash tag: escape them (and '%', to stay unambiguous).
+    return agent.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+class RedisRateLimiter:
+    def __init__(self, settings: LimitsSettings, clock: Callable[[], float] | None = None) -> None:
+        self._settings = settings
+        self._clock = clock  # tests only (seconds); None means Redis' own clock
+        self._redis: Redis | None = None
+        self._reserve: Any = None
+        self._settle: Any = None
+        self._where = "Redis"  # host:port/db once started; never the URL (it may hold a password)
+        self._secret = ""
+
+    def _error(self, doing: str, e: BaseException) -> BackendError:
+        msg = f"{doing} on Redis at {self._where} failed: {type(e).__name__}: {e}"
+        return BackendError(msg.replace(self._secret, "***") if self._secret else msg)
+
+    async def start(self) -> None:
+        """Connect, ping and load the scripts; an unreachable Redis fails startup."""
+        s = self._settings
+        try:
+            pool = BlockingConnectionPool.from_url(
+                s.redis_url, max_connections=s.redis_pool_size, timeout=s.redis_pool_wait_s,
+                socket_timeout=s.redis_timeout_s, socket_connect_timeout=s.redis_timeout_s,
+                # No retries: a re-sent reserve could be charged twice, and a dead Redis
+                # must fail the request now, not after backoff. Stale pooled connections
+                # are still replaced before use.
+                retry=Retry(NoBackoff(), 0), decode_responses=True)
+        except ValueError as e:
+            raise BackendError(f"limits.redis_url is not a usable Redis URL: {e}") from None
+        kw = pool.connection_kwargs
+        self._where = (f"unix:{kw['path']}" if "path" in kw
+                       else f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}")
+        self._secret = str(kw.get("password") or "")
+        self._redis = Redis.from_pool(pool)
+        self._reserve = self._redis.register_script(RESERVE)
+        self._settle = self._redis.register_script(SETTLE)
+        try:
+            await self._redis.ping()
+            for script in (self._reserve, self._settle):
+                await self._redis.script_load(script.script)  # also proves the scripts compile
+        except (RedisError, OSError) as e:
+            await self.aclose()
+            raise self._error("connecting the rate limiter", e) from e
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            client, self._redis = self._redis, None
+            await client.aclose()
+
+    def _keys(self, agent: str) -> list[str]:
+        base = f"{self._settings.key_prefix}{{{_tag(agent)}}}"
+        return [base + ":r", base + ":t"]
+
+    def _now(self) -> str:
+        return "" if self._clock is None else str(round(self._clock() * 1_000_000))
+
+    async def reserve(self, key: str, limits: Limits, tokens: int) -> LimitResult:
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        if self._redis is None:
+            raise BackendError("the Redis rate limiter is not started")
+        try:
+            reason, r, t = await self._reserve(keys=self._keys(key), args=[self._now(), rpm or 0, tpm or 0, tokens])
+        except (RedisError, OSError) as e:
+            raise self._error("reserve", e) from e
+        rl = float(r) if rpm else None
+        tl = float(t) if tpm else None
+        wait = 0.0
+        if reason == "request_too_large":
+            wait = 60.0
+        elif reason == "requests":
+            wait = (1.0 - rl) * 60.0 / rpm
+        elif reason == "tokens":
+            wait = (tokens - tl) * 60.0 / tpm
+        allowed = not reason
+        return LimitResult(
+            allowed=allowed, retry_after_s=wait, reason=reason,
+            limit_requests=rpm, limit_tokens=tpm,
+            remaining_requests=max(0, int(rl)) if rl is not None else None,
+            remaining_tokens=max(0, int(tl)) if tl is not None else None,
+            reset_requests_s=(rpm - rl) * 60.0 / rpm if rl is not None else None,
+            reset_tokens_s=(tpm - tl) * 60.0 / tpm if tl is not None else None,
+            reservation=Reservation(key, tokens, limits) if allowed else None,
+        )
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        tpm = reservation.limits.tokens_per_minute
+        back = reservation.tokens - actual_tokens
+        if not tpm or back == 0:  # nothing to give back or charge
+            return
+        if self._redis is None:
+            raise BackendError("the Redis rate limiter is not started")
+        try:
+            await self._settle(keys=self._keys(reservation.key)[1:], args=[self._now(), tpm, back])
+        except (RedisError, OSError) as e:
+            raise self._error("settle", e) from e
