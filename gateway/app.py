@@ -12,6 +12,8 @@ from gateway import registry
 from gateway.audit.writer import AuditWriter
 from gateway.directory import AgentDirectory
 from gateway.endpoints import ModelsEndpoint, NotFoundEndpoint, OpsEndpoints
+from gateway.mcp.client import ToolLister
+from gateway.mcp.endpoint import MCPEndpoint
 from gateway.metrics import Metrics
 from gateway.pipeline import LLMEndpoint, Services
 from gateway.routing import ModelRouter
@@ -20,6 +22,9 @@ from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
 from gateway.surfaces import anthropic, openai
+from gateway.tools.catalog import ToolCatalog
+from gateway.tools.govern import ToolGovernor
+from gateway.tools.http_endpoint import HTTPToolEndpoint
 
 log = logging.getLogger("portcullis.app")
 
@@ -41,18 +46,26 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     store = registry.load("audit", settings.audit.backend)(settings.audit, settings.path(settings.audit.path))
     writer = AuditWriter(store, settings.audit, settings.path(settings.audit.spool_path), metrics)
     upstreams = {name: registry.load("upstream", u.provider)(name, u) for name, u in settings.upstreams.items()}
+    tools = settings.tools
+    transports = {**{n: registry.load("tools", t.kind)(n, t) for n, t in tools.servers.items()},
+                  **{n: registry.load("tools", "http")(n, t) for n, t in tools.http.items()}}
+    policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open")
+    catalog = ToolCatalog({n: t.annotations_ttl_s for n, t in tools.servers.items()})
+    lister = ToolLister(transports, catalog)
     services = Services(
         settings=settings,
         identity=IdentityResolver(sources, directory, settings.identity.anonymous_agent),
-        policy=PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open"),
+        policy=policy,
         limits=LimitStage(limiter, metrics),
         router=ModelRouter(settings.routes),
         upstreams=upstreams,
         audit=writer,
         metrics=metrics,
+        tools=ToolGovernor(tools, policy, catalog, lister.fetch),
+        tool_transports=transports,
     )
     # Start order: audit first (so every request can be recorded), upstreams last.
-    backends = [store, writer, engine, cache, limiter, *sources, *upstreams.values()]
+    backends = [store, writer, engine, cache, limiter, *sources, *upstreams.values(), *transports.values()]
     return services, backends, (store, engine)
 
 
@@ -92,6 +105,8 @@ def create_app(settings: Settings) -> Starlette:
         *(Route(path, LLMEndpoint(services, surface, path)) for surface, path in llm),
         Route("/v1/models", models),
         Route("/v1/models/{model:path}", models),
+        Route("/tools/{name}", HTTPToolEndpoint(services)),
+        Route("/mcp/{server}", MCPEndpoint(services)),
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),

@@ -63,7 +63,7 @@ class ModelsEndpoint(_AuditedEndpoint):
             docs = [policy_input(ex.agent, ex.principal.auth, "llm.models",
                                  {"type": "model", "name": m, "upstream": up}, {"api": surface.NAME, "stream": False})
                     for m, up in catalog]
-            decisions = await s.policy.decide_many(docs)
+            decisions = [d for d, _ in await s.policy.decide_many(docs)]
             visible = [(m, up) for (m, up), d in zip(catalog, decisions) if d.allow]
             if decisions:
                 first = decisions[0]

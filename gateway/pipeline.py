@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -19,13 +19,14 @@ from gateway.errors import (GatewayError, InvalidRequest, NotFound, PermissionDe
                             Unavailable, UpstreamError)
 from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
 from gateway.metrics import Metrics
-from gateway.protocols import Upstream, UpstreamResponse
+from gateway.protocols import ToolTransport, Upstream, UpstreamResponse
 from gateway.routing import ModelRouter
 from gateway.settings import Settings
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage, headers as limit_headers
 from gateway.stages.policy import PolicyStage, policy_input
 from gateway.surfaces.base import Parsed
+from gateway.tools.govern import ToolGovernor
 
 log = logging.getLogger("portcullis.pipeline")
 
@@ -44,6 +45,8 @@ class Services:
     upstreams: dict[str, Upstream]
     audit: AuditWriter
     metrics: Metrics
+    tools: ToolGovernor | None = None
+    tool_transports: dict[str, ToolTransport] = field(default_factory=dict)  # MCP servers and HTTP tools
 
 
 def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
@@ -86,6 +89,21 @@ async def admit(scope: dict[str, Any], send: Any, surface: ModuleType, services:
     return ex
 
 
+def observe(s: Services, surface: str, ex: Exchange) -> None:
+    """Metrics for every request, and a log line for refusals and failures."""
+    if ex.status >= 400 or ex.error:
+        # Successes are in the audit log only, which keeps the hot path free of a log write.
+        log.info("request not served" if ex.status >= 400 else "request failed late", extra={
+            "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
+            "action": ex.action, "resource": ex.resource_name, "decision": ex.outcome,
+            "status": ex.status, "error": ex.error})
+    m = s.metrics
+    m.requests.labels(surface, ex.outcome, str(ex.status)).inc()
+    if ex.upstream_ms is not None:
+        m.upstream.labels(ex.upstream or "").observe(ex.upstream_ms / 1000.0)
+        m.overhead.observe(max(0.0, ex.elapsed_ms() - ex.upstream_ms) / 1000.0)
+
+
 class LLMEndpoint:
     """POST endpoint for one path of one surface (openai or anthropic)."""
 
@@ -122,6 +140,8 @@ class LLMEndpoint:
             if not ex.decision.allow:
                 ex.outcome = "deny"
                 raise PermissionDenied("; ".join(ex.decision.reasons) or "denied by policy")
+            if s.tools is not None and s.settings.tools.check_chat_tools:
+                await self._check_declared_tools(parsed, ex)
             self._cap_output(parsed, ex)
             try:
                 lim = await s.limits.reserve(ex.agent.id, ex.decision,
@@ -147,7 +167,18 @@ class LLMEndpoint:
             except Exception:
                 log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
             s.audit.submit(ex.audit_event())
-            self._observe(ex)
+            observe(s, surface.NAME, ex)
+
+    async def _check_declared_tools(self, parsed: Parsed, ex: Exchange) -> None:
+        """Refuse to let an agent offer a model a governed tool it may not call itself."""
+        assert self.s.tools is not None and ex.agent is not None and ex.principal is not None
+        refused = await self.s.tools.refused_declared(ex.agent, ex.principal.auth, self.surface.NAME, parsed.body)
+        if refused:
+            ex.outcome = "deny"
+            ex.decision = replace(ex.decision, allow=False, reasons=tuple(refused.values()))
+            raise PermissionDenied(f"agent {ex.agent.id} may not call the declared tool(s) "
+                                   f"{', '.join(refused)}: " + "; ".join(refused.values()),
+                                   code="tool_not_allowed", param="tools")
 
     def _cap_output(self, parsed: Parsed, ex: Exchange) -> None:
         cap = ex.decision.max_output_tokens
@@ -217,18 +248,3 @@ class LLMEndpoint:
             ex.error = e.message if "mid-stream" in e.message else f"upstream failed mid-stream: {e.message}"
             tail = self.surface.stream_error_event(e, ex.request_id)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-    def _observe(self, ex: Exchange) -> None:
-        if ex.status >= 400 or ex.error:
-            # Refusals and failures are logged; successes are in the audit log only,
-            # which keeps the hot path free of a log write per request.
-            log.info("request not served" if ex.status >= 400 else "request failed late", extra={
-                "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
-                "action": ex.action, "model": ex.resource_name, "decision": ex.outcome,
-                "status": ex.status, "error": ex.error})
-        m = self.s.metrics
-        m.requests.labels(self.surface.NAME, ex.outcome, str(ex.status)).inc()
-        total = ex.elapsed_ms()
-        if ex.upstream_ms is not None:
-            m.upstream.labels(ex.upstream or "").observe(ex.upstream_ms / 1000.0)
-            m.overhead.observe(max(0.0, total - ex.upstream_ms) / 1000.0)

@@ -87,3 +87,17 @@ class Upstream(Protocol):
     async def send(self, method: str, path: str, body: bytes, api: str,
                    headers: Mapping[str, str]) -> UpstreamResponse: ...
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ToolTransport(Protocol):
+    """One tool endpoint (an MCP server or an HTTP tool). Raises UpstreamError / UpstreamTimeout.
+
+    `headers` are exactly the headers to send; the transport adds only the tool's own credential.
+    """
+    name: str
+
+    async def start(self) -> None: ...
+    async def send(self, method: str, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> UpstreamResponse: ...
+    async def aclose(self) -> None: ...

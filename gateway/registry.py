@@ -27,6 +27,10 @@ BACKENDS: dict[str, dict[str, str]] = {
         "anthropic": "adapters.upstream.http:HTTPUpstream",
         "mock": "adapters.upstream.mock:MockUpstream",
     },
+    "tools": {
+        "mcp": "adapters.tools.http:HTTPToolClient",
+        "http": "adapters.tools.http:HTTPToolClient",
+    },
     "identity": {
         "api_key": "adapters.identity.apikeys:APIKeySource",
         "jwt": "adapters.identity.jwt:JWTSource",

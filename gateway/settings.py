@@ -5,6 +5,7 @@ keys from the environment mapping passed in: nothing deeper reads os.environ.
 """
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -90,8 +91,11 @@ class CacheSettings(_Model):
 class LimitsSettings(_Model):
     backend: str = "memory"  # memory (one process) | redis (exact across replicas) | module:Class
     redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "portcullis:limits:"  # keys of one gateway fleet share this prefix
+    # Keys of one gateway fleet share this prefix; no braces: the agent id is the cluster hash tag.
+    key_prefix: str = Field("portcullis:limits:", pattern=r"^[^{}]*$")
     redis_timeout_s: float = Field(0.5, gt=0)  # per command; a slower Redis is treated as down
+    redis_pool_size: int = Field(32, gt=0)  # connections per replica
+    redis_pool_wait_s: float = Field(5.0, gt=0)  # longest wait for a free one (a burst is not an outage)
 
 
 class AuditSettings(_Model):
@@ -99,6 +103,9 @@ class AuditSettings(_Model):
     path: str = "var/audit.db"  # sqlite file
     dsn: str = "postgresql://127.0.0.1:5432/portcullis"  # postgres
     table: str = Field("audit_log", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    pool_min_size: int = Field(1, ge=0)  # postgres connection pool, per replica
+    pool_max_size: int = Field(4, gt=0)
+    timeout_s: float = Field(5.0, gt=0)  # postgres: connect and each statement; slower is down
     spool_path: str = "var/audit.spool"
     chain_id: str = Field(default_factory=socket.gethostname)
     batch_size: int = Field(500, gt=0)
@@ -132,6 +139,55 @@ class RouteSettings(_Model):
     models: list[str] = []  # concrete names offered by GET /v1/models (globs cannot be listed)
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # tool and server names: URL- and function-name-safe
+
+
+class _ToolEndpoint(_Model):
+    url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None  # sent as "Authorization: Bearer ..."; never the agent's credential
+    api_key: str | None = Field(None, exclude=True, repr=False)  # resolved at load
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)  # between bytes: long tool calls stream progress
+    max_connections: int = Field(100, gt=0)
+
+
+class MCPServerSettings(_ToolEndpoint):
+    kind: Literal["mcp"] = "mcp"  # MCP over Streamable HTTP
+    annotations_ttl_s: int = Field(300, ge=0)  # how long tools/list annotations are trusted
+
+
+class HTTPToolSettings(_ToolEndpoint):
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    # Policy input for the tool, like an MCP tool's annotations (readOnlyHint, destructiveHint).
+    annotations: dict[str, bool] = {}
+
+
+class ToolsSettings(_Model):
+    servers: dict[str, MCPServerSettings] = {}
+    http: dict[str, HTTPToolSettings] = {}
+    # Refuse chat requests that offer the model a tool the agent may not call.
+    check_chat_tools: bool = True
+    # Function names in chat requests mapped to governed tools ("server.tool" or an HTTP tool
+    # name), besides the names recognised by themselves: server.tool, server__tool, mcp__server__tool.
+    chat_tool_names: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _names(self) -> "ToolsSettings":
+        for group, names in (("servers", self.servers), ("http", self.http)):
+            for n in names:
+                if not re.match(_NAME, n):
+                    raise ValueError(f"{group}.{n}: names are 1-64 letters, digits, '_' or '-'")
+        clash = set(self.servers) & set(self.http)
+        if clash:
+            raise ValueError(f"{', '.join(sorted(clash))}: used as both an MCP server and an HTTP tool name")
+        for fn, target in self.chat_tool_names.items():
+            server, dot, tool = target.partition(".")
+            if not (dot and server in self.servers and tool) and target not in self.http:
+                raise ValueError(f"chat_tool_names.{fn}: {target!r} is neither server.tool of a "
+                                 f"configured MCP server nor a configured HTTP tool")
+        return self
+
+
 class LoggingSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -145,6 +201,7 @@ class Settings(_Model):
     audit: AuditSettings = AuditSettings()
     upstreams: dict[str, UpstreamSettings]
     routes: list[RouteSettings]
+    tools: ToolsSettings = ToolsSettings()
     logging: LoggingSettings = LoggingSettings()
     base_dir: str = Field(".", exclude=True)  # directory of the config file; relative paths hang off it
 
@@ -255,6 +312,10 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     for name, up in settings.upstreams.items():
         key = environ.get(up.api_key_env) if up.api_key_env else None
         upstreams[name] = up.model_copy(update={"api_key": key})
+    tools = settings.tools.model_copy(update={
+        group: {name: t.model_copy(update={"api_key": environ.get(t.api_key_env) if t.api_key_env else None})
+                for name, t in getattr(settings.tools, group).items()}
+        for group in ("servers", "http")})
     jwt = settings.identity.jwt
     if jwt and jwt.hs_secret_env:
         secret = environ.get(jwt.hs_secret_env)
@@ -264,7 +325,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     if problems:
         raise ConfigError(problems)
     identity = settings.identity.model_copy(update={"jwt": jwt})
-    return settings.model_copy(update={"upstreams": upstreams, "identity": identity})
+    return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools})
 
 
 def load_agents(path: Path) -> AgentsFile:
@@ -292,4 +353,9 @@ def check(path: str | Path, environ: Mapping[str, str]) -> list[tuple[str, str]]
         if up.api_key_env and not up.api_key:
             problems.append((f"upstreams.{name}.api_key_env",
                              f"environment variable {up.api_key_env} is not set"))
+    for group in ("servers", "http"):
+        for name, t in getattr(settings.tools, group).items():
+            if t.api_key_env and not t.api_key:
+                problems.append((f"tools.{group}.{name}.api_key_env",
+                                 f"environment variable {t.api_key_env} is not set"))
     return problems

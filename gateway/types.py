@@ -10,11 +10,6 @@ from typing import Any, Mapping
 
 MATURITIES: tuple[str, ...] = ("student", "intern", "supervised", "autonomous")
 
-ACTIONS: frozenset[str] = frozenset({
-    "llm.models", "llm.chat", "llm.completion", "llm.embedding", "llm.messages",
-    "llm.responses", "tool.list", "tool.call",
-})
-
 
 @dataclass(frozen=True, slots=True)
 class Agent:

@@ -128,7 +128,7 @@ async def test_quickstart_agents_models(engine: RegorusEngine, who: str, action:
     (tool_input("intern-bot", "tool.call", "refund_order"),
      ("maturity intern below required supervised for tool.call refund_order",)),
     (tool_input("observer", "tool.list", "read_orders"),
-     ("tier 0 may not use tools on server orders (minimum tier 1)",)),
+     ("tier 0 may not use server orders (minimum tier 1)",)),
     (model_input("architect", "llm.images", "dall-e-3"), ("unknown action llm.images",)),
 ])
 async def test_reasons_name_the_cause(engine: RegorusEngine, policy_input: dict[str, Any],

@@ -77,6 +77,8 @@ class UpstreamServer:
         body = await request.body()
         self.requests.append(Recorded(request.method, request.url.path,
                                       {k.lower(): v for k, v in request.headers.items()}, body))
+        if request.url.path.startswith("/tools/"):
+            return self._tool(request, body)
         api = "anthropic" if request.url.path == "/v1/messages" else "openai"
         try:
             parsed = orjson.loads(body) if body else {}
@@ -96,6 +98,16 @@ class UpstreamServer:
         except wire.WireError as e:
             return _json(e.status, e.body(api))
         return StreamingResponse(self._stream(events, model), media_type="text/event-stream")
+
+    @staticmethod
+    def _tool(request: Request, body: bytes) -> Response:
+        """Plain HTTP tools: /tools/weather answers a forecast, /tools/broken a 500."""
+        if request.url.path == "/tools/broken":
+            return _json(500, orjson.dumps({"error": "tool crashed"}))
+        args = dict(request.query_params) if request.method == "GET" else orjson.loads(body or b"{}")
+        city = args.get("city", "nowhere")
+        return _json(200, orjson.dumps({"city": city, "forecast": "sunny", "temp_c": 21,
+                                        "method": request.method}))
 
     async def _stream(self, events: Any, model: Any) -> AsyncIterator[bytes]:
         for i, event in enumerate(events):

@@ -26,7 +26,7 @@ _DROPPED_RESPONSE = _HOP_BY_HOP | {"content-length", "content-encoding"}
 
 
 @asynccontextmanager
-async def _mapped(name: str, phase: str) -> AsyncIterator[None]:
+async def mapped_errors(name: str, phase: str) -> AsyncIterator[None]:
     """Translate aiohttp failures into UpstreamError / UpstreamTimeout, without secrets."""
     try:
         yield
@@ -78,14 +78,14 @@ class HTTPResponse:
 
     async def read(self) -> bytes:
         try:
-            async with _mapped(self._name, "failed while sending the body"):
+            async with mapped_errors(self._name, "failed while sending the body"):
                 return await self._resp.read()
         finally:
             self._resp.release()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
-            async with _mapped(self._name, "failed mid-stream"):
+            async with mapped_errors(self._name, "failed mid-stream"):
                 async for chunk in self._resp.content.iter_any():
                     yield chunk
         finally:
@@ -130,7 +130,7 @@ class HTTPUpstream:
                    headers: Mapping[str, str]) -> HTTPResponse:
         if self._session is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        async with _mapped(self.name, "failed"):
+        async with mapped_errors(self.name, "failed"):
             resp = await self._session.request(
                 method, self._base + path, data=body or None,
                 headers=outbound_headers(self.settings, headers), allow_redirects=False)

@@ -108,14 +108,21 @@ deny contains msg if {
 	msg := sprintf("tier %d may not use model %s", [tier, resource_name])
 }
 
+# Tools, and the resources and prompts an MCP server offers, are reachable only
+# from the server's minimum tier up; session housekeeping (initialize, ping,
+# notifications) is not, so a low tier can connect and simply sees no tools.
+server_content(action) if startswith(action, "tool.")
+
+server_content(action) if action in cfg.mcp_server_content_actions
+
 deny contains msg if {
 	tiers.known(tier)
-	startswith(action, "tool.")
+	server_content(action)
 	server := object.get(resource, ["server"], null)
 	not tiers.tool_allowed(tier, server)
 	msg := tool_reach_reason(server)
 }
 
-tool_reach_reason(server) := sprintf("tier %d may not use tools on server %s (minimum tier %d)", [tier, server, tiers.tool_min_tier(server)]) if is_string(server)
+tool_reach_reason(server) := sprintf("tier %d may not use server %s (minimum tier %d)", [tier, server, tiers.tool_min_tier(server)]) if is_string(server)
 
-else := sprintf("tier %d may not use tools (minimum tier %d)", [tier, tiers.tool_min_tier(null)])
+else := sprintf("tier %d may not use tool servers (minimum tier %d)", [tier, tiers.tool_min_tier(null)])

@@ -155,9 +155,9 @@ test_obligations_follow_tier if {
 # Tools (issue 4): observer none, intern read_orders, builder/executor read+refund, architect all.
 test_observer_sees_no_tools if {
 	d := decision with input as tool_input(0, "student", "tool.list", "read_orders", read_orders)
-	d.reasons == ["tier 0 may not use tools on server orders (minimum tier 1)"]
+	d.reasons == ["tier 0 may not use server orders (minimum tier 1)"]
 	e := decision with input as {"agent": agent(0, "student"), "action": "tool.list", "resource": {"type": "tool"}}
-	e.reasons == ["tier 0 may not use tools (minimum tier 1)"]
+	e.reasons == ["tier 0 may not use tool servers (minimum tier 1)"]
 }
 
 test_intern_calls_read_only_tool if {
@@ -192,5 +192,37 @@ test_tool_call_needs_tool_resource if {
 test_server_min_tier_denies if {
 	d := decision with input as tool_input(2, "autonomous", "tool.call", "read_orders", read_orders)
 		with data.portcullis.config.tool_servers.orders.min_tier as 3
-	d.reasons == ["tier 2 may not use tools on server orders (minimum tier 3)"]
+	d.reasons == ["tier 2 may not use server orders (minimum tier 3)"]
+}
+
+mcp_input(t, m, action, resource) := {"agent": agent(t, m), "action": action, "resource": resource}
+
+orders_server := {"type": "mcp_server", "name": "orders", "server": "orders"}
+
+test_session_housekeeping_open_to_every_tier if {
+	every action in ["mcp.initialize", "mcp.ping", "mcp.notify", "mcp.respond", "mcp.stream", "mcp.session.close"] {
+		decision.allow with input as mcp_input(0, "student", action, orders_server)
+	}
+}
+
+test_resources_need_server_reach_and_maturity if {
+	uri := {"type": "resource", "name": "orders://recent", "server": "orders"}
+	d := decision with input as mcp_input(0, "intern", "mcp.resources.read", uri)
+	d.reasons == ["tier 0 may not use server orders (minimum tier 1)"]
+	e := decision with input as mcp_input(1, "student", "mcp.resources.read", uri)
+	e.reasons == ["maturity student below required intern for mcp.resources.read"]
+	decision.allow with input as mcp_input(1, "intern", "mcp.resources.read", uri)
+	decision.allow with input as mcp_input(1, "student", "mcp.resources.list", orders_server)
+}
+
+test_prompts_need_server_reach if {
+	p := {"type": "prompt", "name": "refund_note", "server": "orders"}
+	d := decision with input as mcp_input(0, "autonomous", "mcp.prompts.get", p)
+	d.reasons == ["tier 0 may not use server orders (minimum tier 1)"]
+	decision.allow with input as mcp_input(2, "supervised", "mcp.prompts.get", p)
+}
+
+test_unknown_mcp_method_denied if {
+	d := decision with input as mcp_input(4, "autonomous", "mcp.sampling.createMessage", orders_server)
+	d.reasons == ["unknown action mcp.sampling.createMessage"]
 }

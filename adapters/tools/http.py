@@ -1,0 +1,54 @@
+"""Tool endpoints (MCP servers, plain HTTP tools) over one shared aiohttp session each.
+
+The gateway decides which client headers travel (MCP session and version
+headers, content negotiation); this adapter adds the tool's own credential and
+maps aiohttp failures to gateway errors, as the LLM upstreams do.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import aiohttp
+
+from adapters.upstream.http import HTTPResponse, mapped_errors
+from gateway.settings import HTTPToolSettings, MCPServerSettings
+
+
+class HTTPToolClient:
+    """Implements gateway.protocols.ToolTransport for one configured URL."""
+
+    def __init__(self, name: str, settings: MCPServerSettings | HTTPToolSettings) -> None:
+        self.name = name
+        self.url = settings.url
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
+                                          sock_read=s.read_timeout_s),
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),  # no state shared between agents
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, method: str, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> HTTPResponse:
+        if self._session is None:
+            raise RuntimeError(f"tool endpoint {self.name} used before start()")
+        out = dict(headers)
+        out["accept-encoding"] = "identity"  # SSE events must arrive as they are sent
+        if self.settings.api_key:
+            out["authorization"] = f"Bearer {self.settings.api_key}"
+        async with mapped_errors(self.name, "failed"):
+            resp = await self._session.request(method, self.url, data=body or None, headers=out,
+                                               params=params, allow_redirects=False)
+        return HTTPResponse(self.name, resp)

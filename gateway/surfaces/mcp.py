@@ -1,0 +1,30 @@
+"""The MCP surface's error format: a JSON-RPC error object (DESIGN contract 5).
+
+`data` carries the gateway's request_id and, for refusals, the policy reasons,
+so a client can quote both when asking why a tool call was refused.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.mcp import jsonrpc
+
+NAME = "mcp"
+
+
+def error_data(err: GatewayError, request_id: str, reasons: tuple[str, ...] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = {"request_id": request_id, "type": err.kind, "code": err.code}
+    if reasons:
+        data["reasons"] = list(reasons)
+    if "retry-after" in err.headers:
+        data["retry_after_s"] = int(err.headers["retry-after"])
+    return data
+
+
+def rpc_code(err: GatewayError) -> int:
+    return getattr(err, "rpc_code", None) or jsonrpc.CODES.get(err.kind, jsonrpc.INTERNAL_ERROR)
+
+
+def error_body(err: GatewayError, request_id: str, msg_id: Any = None, reasons: tuple[str, ...] = ()) -> bytes:
+    return jsonrpc.error_response(msg_id, rpc_code(err), err.message, error_data(err, request_id, reasons))

@@ -1,0 +1,108 @@
+"""Tool decisions shared by the MCP, HTTP-tool and chat surfaces: one `tool.call` policy per tool."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Awaitable, Callable, Iterable
+
+from gateway.errors import GatewayError
+from gateway.settings import ToolsSettings
+from gateway.tools.catalog import ToolCatalog
+from gateway.stages.policy import PolicyStage, policy_input
+from gateway.types import Agent, Decision
+
+log = logging.getLogger("portcullis.tools")
+HTTP_SERVER = "http"  # the `server` of every plain HTTP tool in the policy input
+_MCP_PREFIX = re.compile(r"^mcp__(.+?)__(.+)$")
+
+
+def tool_resource(server: str, name: str, annotations: dict[str, bool] | None) -> dict[str, Any]:
+    return {"type": "tool", "name": name, "server": server, "annotations": dict(annotations or {})}
+
+
+class ToolGovernor:
+    """Decides tool.call for MCP and HTTP tools, with annotations the catalog has learned.
+
+    `fetch_tools(server)` lists a server's tools into the catalog (the MCP client
+    does it over its own session); it is injected so this module stays transport-free.
+    """
+
+    def __init__(self, settings: ToolsSettings, policy: PolicyStage, catalog: ToolCatalog,
+                 fetch_tools: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.catalog = catalog
+        self.fetch_tools = fetch_tools
+
+    async def annotations(self, server: str, tool: str) -> dict[str, bool] | None:
+        """A tool's hints: configured for HTTP tools, learned from tools/list for MCP servers."""
+        if server == HTTP_SERVER:
+            return self.http_annotations(tool) if tool in self.settings.http else None
+        if self.fetch_tools is not None and self.catalog.should_fetch(server):
+            try:
+                await self.fetch_tools(server)
+            except GatewayError as e:
+                # Unknown hints count as none: the policy's stricter default applies.
+                self.catalog.fetch_failed(server)
+                log.warning("listing tools of %s failed: %s", server, e.message)
+        return self.catalog.annotations(server, tool)
+
+    async def refused_declared(self, agent: Agent, auth: str, api: str, body: dict[str, Any]) -> dict[str, str]:
+        """Declared chat tools the agent may not call, each with its reasons; empty when none."""
+        governed = {}
+        for fn in declared_tools(body):
+            target = self.resolve(fn)
+            if target is not None:
+                governed[fn] = target
+        if not governed:
+            return {}
+        tools = [(server, tool, await self.annotations(server, tool)) for server, tool in governed.values()]
+        decisions = await self.decide(agent, auth, api, tools)
+        return {fn: "; ".join(d.reasons) or "denied by policy"
+                for fn, (d, _, _) in zip(governed, decisions) if not d.allow}
+
+    def http_annotations(self, name: str) -> dict[str, bool]:
+        return dict(self.settings.http[name].annotations)
+
+    async def decide(self, agent: Agent, auth: str, api: str,
+                     tools: Iterable[tuple[str, str, dict[str, bool] | None]]) -> list[tuple[Decision, str, dict]]:
+        """(decision, input digest, input) per (server, tool, annotations), in one policy batch."""
+        docs = [policy_input(agent, auth, "tool.call", tool_resource(server, name, ann),
+                             {"api": api, "stream": False})
+                for server, name, ann in tools]
+        if not docs:
+            return []
+        return [(d, dg, doc) for (d, dg), doc in zip(await self.policy.decide_many(docs), docs)]
+
+    def resolve(self, function_name: str) -> tuple[str, str] | None:
+        """The governed (server, tool) a function name in a chat request stands for, if any."""
+        s = self.settings
+        target = s.chat_tool_names.get(function_name)
+        if target is not None:
+            server, dot, tool = target.partition(".")
+            return (server, tool) if dot else (HTTP_SERVER, target)
+        if function_name in s.http:
+            return HTTP_SERVER, function_name
+        m = _MCP_PREFIX.match(function_name)
+        for server, tool in ((m.group(1), m.group(2)) if m else (None, None),
+                             function_name.partition(".")[::2], function_name.partition("__")[::2]):
+            if server and tool and server in s.servers:
+                return server, tool
+        return None
+
+
+def declared_tools(body: dict[str, Any]) -> list[str]:
+    """Function names a chat request offers the model (OpenAI chat and responses, Anthropic)."""
+    names: list[str] = []
+    for t in body.get("tools") or ():
+        if not isinstance(t, dict):
+            continue
+        fn = t.get("function")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            names.append(fn["name"])  # OpenAI chat: {"type": "function", "function": {"name"}}
+        elif isinstance(t.get("name"), str) and t.get("type") in (None, "function", "custom"):
+            names.append(t["name"])  # Anthropic custom tools, OpenAI responses functions
+    for fn in body.get("functions") or ():  # OpenAI's deprecated functions parameter
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            names.append(fn["name"])
+    return names
