@@ -82,6 +82,9 @@ class PolicySettings(_Model):
     hot_reload: bool = True
     default_cache_ttl_s: int = Field(60, ge=0)
     clamp_max_output_tokens: bool = False  # clamp instead of refusing with 400
+    # compiled: regorus' compiled program, once it agrees with the interpreter on a corpus
+    # derived from the set's data (see adapters/policy/compiled.py); interpreter: always.
+    evaluator: Literal["compiled", "interpreter"] = "compiled"
 
 
 class CacheSettings(_Model):

@@ -63,10 +63,12 @@ def tool_input(name: str, action: str, tool: str) -> dict[str, Any]:
             "request": {"api": "mcp", "stream": False}}
 
 
-@pytest.fixture
-async def engine():
-    e = RegorusEngine(STATIC, POLICIES)
+@pytest.fixture(scope="module", params=["compiled", "interpreter"])
+async def engine(request: pytest.FixtureRequest):
+    """Every decision test runs on both evaluators: they must agree on the default set."""
+    e = RegorusEngine(PolicySettings(hot_reload=False, evaluator=request.param), POLICIES)
     await e.start()
+    assert await e.compiled_ready() == request.param
     yield e
     await e.aclose()
 
@@ -274,12 +276,15 @@ async def test_initial_load_failure_raises(tmp_path: Path) -> None:
     ('decision := {"allow": true, "reasons": [1]} if input.action == "llm.chat"\n\n'
      'else := {"allow": true}', "reasons must be a list of strings"),
 ])
-async def test_bad_decision_at_eval_is_policy_error(tmp_path: Path, body: str, message: str) -> None:
+@pytest.mark.parametrize("evaluator", ["compiled", "interpreter"])
+async def test_bad_decision_at_eval_is_policy_error(tmp_path: Path, body: str, message: str,
+                                                   evaluator: str) -> None:
     write_decision(tmp_path, body)
-    e = RegorusEngine(STATIC, tmp_path)
+    e = RegorusEngine(PolicySettings(hot_reload=False, evaluator=evaluator), tmp_path)
     await e.start()  # the smoke input (llm.models) passes
     assert e.evaluate({"action": "llm.models"}).allow
-    with pytest.raises(PolicyError, match=message):
+    # Fail closed either way; the compiled program reports a runtime error as a string result.
+    with pytest.raises(PolicyError, match=message if evaluator == "interpreter" else None):
         e.evaluate({"action": "llm.chat"})
 
 
@@ -303,3 +308,69 @@ async def test_data_json_mounted_by_directory(tmp_path: Path) -> None:
     (tmp_path / "data.json").write_text('{"motd": "hello", "team": {"limits": {"open": false}}}')
     with pytest.raises(PolicyCompileError, match="set by two data files"):
         collect(tmp_path)
+
+
+# A rule shape regorus' compiled program got wrong: a function whose value is
+# undefined for some inputs (here, an unknown action) used inside a deny rule.
+UNDEFINED_VALUE_RULE = """
+cplx(a) := 1 if a == "known"
+
+else := data.nothing[a]
+
+deny contains sprintf("needs complexity %v", [c]) if {
+	c := cplx(input.action)
+	not small(c)
+}
+
+small(c) if c < 5
+
+decision := {"allow": count(deny) == 0, "reasons": sort(deny), "obligations": {}, "cache_ttl_s": 60}
+"""
+
+
+async def test_a_program_that_disagrees_runs_on_the_interpreter(tmp_path: Path) -> None:
+    write_decision(tmp_path, UNDEFINED_VALUE_RULE)
+    e = RegorusEngine(STATIC, tmp_path)
+    await e.start()
+    try:
+        assert await e.compiled_ready() == "interpreter"
+        d = e.evaluate({"agent": {}, "action": "unknown", "resource": {}, "request": {}})
+        assert (d.allow, d.reasons) == (True, ())
+    finally:
+        await e.aclose()
+
+
+async def test_default_set_runs_compiled_and_matches_interpreter_on_odd_inputs() -> None:
+    from adapters.policy.compiled import corpus
+    engines = [RegorusEngine(PolicySettings(hot_reload=False, evaluator=ev), POLICIES)
+               for ev in ("compiled", "interpreter")]
+    for e in engines:
+        await e.start()
+    try:
+        assert await engines[0].compiled_ready() == "compiled"
+        docs = corpus(collect(POLICIES).data)
+        assert len(docs) > 1000
+        compiled, interpreted = ([e.evaluate(d) for d in docs] for e in engines)
+        assert compiled == interpreted
+        assert any(not d.allow for d in compiled) and any(d.allow for d in compiled)
+    finally:
+        for e in engines:
+            await e.aclose()
+
+
+async def test_reloaded_set_is_compiled_again(policy_copy: Path) -> None:
+    e = RegorusEngine(STATIC, policy_copy)
+    await e.start()
+    try:
+        assert await e.compiled_ready() == "compiled"
+        data_file = policy_copy / "portcullis" / "config" / "data.json"
+        data = json.loads(data_file.read_text())
+        data["tiers"]["0"]["obligations"]["requests_per_minute"] = 7
+        data_file.write_text(json.dumps(data))
+        first = e.revision
+        assert await e.reload() != first
+        assert e.evaluator == "interpreter"  # live at once, on the interpreter
+        assert await e.compiled_ready() == "compiled"
+        assert e.evaluate(model_input("observer", "llm.chat", "gpt-4o-mini")).obligations["requests_per_minute"] == 7
+    finally:
+        await e.aclose()

@@ -61,7 +61,14 @@ decision := {
 target := sprintf("%s %s", [action, resource_name]) if {
 	startswith(action, "tool.")
 	is_string(resource_name)
-} else := action
+}
+
+target := action if not tool_target
+
+tool_target if {
+	startswith(action, "tool.")
+	is_string(resource_name)
+}
 
 # METADATA
 # title: Deny reasons
@@ -74,6 +81,7 @@ deny contains sprintf("unknown maturity %v", [agent_maturity]) if not maturity.k
 
 deny contains msg if {
 	maturity.known(agent_maturity)
+	maturity.known_action(action) # guards the undefined complexity of an unknown action
 	c := maturity.complexity(action, resource)
 	not maturity.sufficient(agent_maturity, c)
 	msg := sprintf("maturity %s below required %s for %s", [agent_maturity, maturity.required(c), target])
@@ -125,4 +133,4 @@ deny contains msg if {
 
 tool_reach_reason(server) := sprintf("tier %d may not use server %s (minimum tier %d)", [tier, server, tiers.tool_min_tier(server)]) if is_string(server)
 
-else := sprintf("tier %d may not use tool servers (minimum tier %d)", [tier, tiers.tool_min_tier(null)])
+tool_reach_reason(server) := sprintf("tier %d may not use tool servers (minimum tier %d)", [tier, tiers.tool_min_tier(null)]) if not is_string(server)

@@ -32,24 +32,43 @@ known_action(action) if action == "tool.call"
 # METADATA
 # title: Action complexity
 # description: Complexity of an action on a resource; undefined for an unknown action.
-complexity(action, resource) := tool_complexity(resource) if {
-	action == "tool.call"
-} else := cfg.action_complexity[action]
+complexity(action, resource) := tool_complexity(resource) if action == "tool.call"
+
+complexity(action, _) := cfg.action_complexity[action] if action != "tool.call"
 
 # METADATA
 # title: Tool complexity
 # description: |
 #   Listed per server and tool in the config, else 2 for a read-only hint,
 #   4 for a destructive hint (hints count only from trusted servers), else 3.
-tool_complexity(resource) := c if {
-	c := tiers.server(resource.server).tool_complexity[resource.name]
-} else := cfg.tool_annotation_complexity.read_only if {
+tool_complexity(resource) := listed_complexity(resource) if listed(resource)
+
+tool_complexity(resource) := cfg.tool_annotation_complexity.read_only if {
+	not listed(resource)
+	hint(resource, "readOnlyHint")
+}
+
+tool_complexity(resource) := cfg.tool_annotation_complexity.destructive if {
+	not listed(resource)
+	not hint(resource, "readOnlyHint")
+	hint(resource, "destructiveHint")
+}
+
+tool_complexity(resource) := cfg.tool_annotation_complexity.default if {
+	not listed(resource)
+	not hint(resource, "readOnlyHint")
+	not hint(resource, "destructiveHint")
+}
+
+listed_complexity(resource) := tiers.server(object.get(resource, ["server"], null)).tool_complexity[resource.name]
+
+listed(resource) if listed_complexity(resource)
+
+# A hint counts only when true and the server's annotations are trusted.
+hint(resource, name) if {
 	trusted(resource)
-	resource.annotations.readOnlyHint == true
-} else := cfg.tool_annotation_complexity.destructive if {
-	trusted(resource)
-	resource.annotations.destructiveHint == true
-} else := cfg.tool_annotation_complexity.default
+	object.get(resource, ["annotations", name], false) == true
+}
 
 trusted(resource) if tiers.server(object.get(resource, ["server"], null)).trust_annotations == true
 

@@ -42,9 +42,11 @@ model_allowed(tier, name) if {
 # METADATA
 # title: Tool server settings
 # description: The server's entry in the config merged over the defaults.
+# (Functions here use guarded definitions rather than `else` chains: regorus'
+# compiled VM mishandles an undefined `else` value, and the gateway runs it.)
 server(name) := object.union(cfg.tool_server_defaults, object.get(cfg.tool_servers, [name], {})) if is_string(name)
 
-else := cfg.tool_server_defaults
+server(name) := cfg.tool_server_defaults if not is_string(name)
 
 # METADATA
 # title: Tool server minimum tier
@@ -64,4 +66,4 @@ tool_allowed(tier, server_name) if {
 # description: Output and rate limits the gateway enforces; empty for an unknown tier.
 obligations(tier) := cfg.tiers[format_int(tier, 10)].obligations if known(tier)
 
-else := {}
+obligations(tier) := {} if not known(tier)
