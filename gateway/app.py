@@ -1,12 +1,12 @@
-"""create_app(settings) -> Starlette: the whole stack, assembled in one place."""
+"""create_app(settings) -> an ASGI app: the whole stack, assembled in one place."""
 from __future__ import annotations
 
 import contextlib
 import logging
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
-from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from gateway import registry
 from gateway.audit.writer import AuditWriter
@@ -69,7 +69,7 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     return services, backends, (store, engine)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> "GatewayApp":
     services, backends, (store, engine) = build_services(settings)
 
     async def ready_check() -> list[str]:
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
         return problems
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         started: list[Any] = []
         try:
             for b in backends:
@@ -101,9 +101,10 @@ def create_app(settings: Settings) -> Starlette:
     ops = OpsEndpoints(services, ready_check)
     llm = [(openai, p) for p in openai.ACTIONS] + [(anthropic, p) for p in anthropic.ACTIONS]
     models = ModelsEndpoint(services)
+    exact: dict[str, Any] = {path: LLMEndpoint(services, surface, path) for surface, path in llm}
+    exact["/v1/models"] = models
     routes = [
-        *(Route(path, LLMEndpoint(services, surface, path)) for surface, path in llm),
-        Route("/v1/models", models),
+        *(Route(path, endpoint) for path, endpoint in exact.items()),
         Route("/v1/models/{model:path}", models),
         Route("/tools/{name}", HTTPToolEndpoint(services)),
         Route("/mcp/{server}", MCPEndpoint(services)),
@@ -112,6 +113,26 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", ops.metrics),
         Route("/{path:path}", NotFoundEndpoint(services)),  # last: everything else is a 404, audited
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.services = services
-    return app
+    return GatewayApp(exact, Router(routes=routes, lifespan=lifespan), services)
+
+
+class GatewayApp:
+    """The ASGI app: the hot exact paths by one dict lookup, the rest through Starlette's Router.
+
+    No Starlette() middleware stack around it: every endpoint renders its own errors in
+    its surface's format and audits itself, so ServerErrorMiddleware/ExceptionMiddleware
+    (and a Request object built per call) would only add work to every request.
+    """
+
+    def __init__(self, exact: dict[str, Any], router: Router, services: Services) -> None:
+        self._exact = exact
+        self.router = router
+        self.state = SimpleNamespace(services=services)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            endpoint = self._exact.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.router(scope, receive, send)

@@ -35,6 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     config = uvicorn.Config(create_app(settings), host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_config=None,
+                            # The gateway decides whom to believe (server.trust_forwarded_for);
+                            # uvicorn's default would take X-Forwarded-For from any local client.
+                            proxy_headers=False,
                             timeout_graceful_shutdown=30)
     uvicorn.Server(config).run()
     return 0

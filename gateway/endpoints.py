@@ -41,7 +41,7 @@ class _AuditedEndpoint:
             await self.handle(scope, send, surface, ex)
         finally:
             self.s.audit.submit(ex.audit_event())
-            self.s.metrics.requests.labels(surface.NAME, ex.outcome, str(ex.status)).inc()
+            self.s.metrics.count_request(surface.NAME, ex.outcome, ex.status)
 
     async def handle(self, scope: dict[str, Any], send: Any, surface: Any, ex: Exchange) -> None:
         raise NotImplementedError

@@ -30,6 +30,26 @@ class Metrics:
         self.audit_failures = Counter("portcullis_audit_write_failures", "Failed audit batch writes", registry=r)
         self.audit_written = Counter("portcullis_audit_rows_written", "Audit rows written to the store", registry=r)
 
+        self._children: dict[tuple, object] = {}
+        self.cache_hit = self.cache.labels("hit")
+        self.cache_miss = self.cache.labels("miss")
+
+    def count_request(self, surface: str, decision: str, status: int) -> None:
+        # prometheus_client's labels() validates and locks on every call; the children
+        # are few (surfaces x decisions x statuses), so each is looked up once.
+        key = (surface, decision, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(surface, decision, str(status))
+        child.inc()  # type: ignore[attr-defined]
+
+    def observe_upstream(self, upstream: str, seconds: float) -> None:
+        key = ("upstream", upstream)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.upstream.labels(upstream)
+        child.observe(seconds)  # type: ignore[attr-defined]
+
     # AuditMetrics protocol (gateway.audit.writer)
     def set_depth(self, n: int) -> None:
         self.audit_depth.set(n)

@@ -7,11 +7,12 @@ endpoint, so the row is written when the stream really ends.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import uuid
+import os
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from gateway.audit.writer import AuditWriter
 from gateway.context import Exchange
@@ -47,6 +48,7 @@ class Services:
     metrics: Metrics
     tools: ToolGovernor | None = None
     tool_transports: dict[str, ToolTransport] = field(default_factory=dict)  # MCP servers and HTTP tools
+    request_ids: Callable[[], str] = field(default_factory=lambda: RequestIds())
 
 
 def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
@@ -58,8 +60,19 @@ def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
     return c[0] if c else None
 
 
+class RequestIds:
+    """Unique request ids without a syscall per request: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(8).hex()
+        self._next = itertools.count(1).__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():012x}"
+
+
 def new_exchange(scope: dict[str, Any], api: str, services: Services) -> Exchange:
-    return Exchange(request_id="req_" + uuid.uuid4().hex, api=api,
+    return Exchange(request_id=services.request_ids(), api=api,
                     client_ip=client_ip(scope, services.settings.server.trust_forwarded_for))
 
 
@@ -83,7 +96,7 @@ async def admit(scope: dict[str, Any], send: Any, surface: ModuleType, services:
         await services.audit.admit()
     except Unavailable as err:
         log.error("refused: %s", err.message, extra={"request_id": ex.request_id})
-        services.metrics.requests.labels(surface.NAME, "refused", "503").inc()
+        services.metrics.count_request(surface.NAME, "refused", 503)
         await send_bytes(send, 503, surface.error_body(err, ex.request_id), [(b"x-request-id", ex.request_id.encode())])
         return None
     return ex
@@ -98,9 +111,9 @@ def observe(s: Services, surface: str, ex: Exchange) -> None:
             "action": ex.action, "resource": ex.resource_name, "decision": ex.outcome,
             "status": ex.status, "error": ex.error})
     m = s.metrics
-    m.requests.labels(surface, ex.outcome, str(ex.status)).inc()
+    m.count_request(surface, ex.outcome, ex.status)
     if ex.upstream_ms is not None:
-        m.upstream.labels(ex.upstream or "").observe(ex.upstream_ms / 1000.0)
+        m.observe_upstream(ex.upstream or "", ex.upstream_ms / 1000.0)
         m.overhead.observe(max(0.0, ex.elapsed_ms() - ex.upstream_ms) / 1000.0)
 
 

@@ -107,7 +107,7 @@ class Gateway:
 
     async def _start(self) -> None:
         self.app = create_app(self.settings)
-        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
+        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
                                 timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))

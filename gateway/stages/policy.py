@@ -54,18 +54,18 @@ class PolicyStage:
         out: list[Decision | None] = []
         for k in keys:
             cached = await self._cache.get(k)
-            out.append(replace(cached, cache_hit=True) if cached is not None else None)
+            out.append(cached)  # stored with cache_hit=True already: no copy per hit
         misses = [i for i, d in enumerate(out) if d is None]
         hits = len(docs) - len(misses)
         if hits:
-            self._metrics.cache.labels("hit").inc(hits)
+            self._metrics.cache_hit.inc(hits)
         if misses:
-            self._metrics.cache.labels("miss").inc(len(misses))
+            self._metrics.cache_miss.inc(len(misses))
             fresh = self._evaluate([docs[i] for i in misses])
             for i, decision in zip(misses, fresh):
                 out[i] = decision
                 if decision.cache_ttl_s > 0:  # 0: a fail-open stand-in, never cached
-                    await self._cache.set(keys[i], decision, decision.cache_ttl_s)
+                    await self._cache.set(keys[i], replace(decision, cache_hit=True), decision.cache_ttl_s)
         return [(d, dg) for d, dg in zip(out, digests)]  # type: ignore[misc]
 
     def _evaluate(self, docs: list[dict[str, Any]]) -> list[Decision]:
