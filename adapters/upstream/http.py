@@ -25,39 +25,63 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "prox
 _DROPPED_RESPONSE = _HOP_BY_HOP | {"content-length", "content-encoding"}
 
 
-@asynccontextmanager
-async def mapped_errors(name: str, phase: str) -> AsyncIterator[None]:
-    """Translate aiohttp failures into UpstreamError / UpstreamTimeout, without secrets."""
-    try:
-        yield
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
+_MAPPED = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+
+
+def mapped_error(e: BaseException, name: str, phase: str) -> Exception:
+    """The gateway error for an aiohttp failure, without secrets (raise it `from None`)."""
+    if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         # ServerTimeoutError covers SocketTimeoutError (sock_read) and ConnectionTimeoutError.
         what = "connect" if isinstance(e, aiohttp.ConnectionTimeoutError) else "read"
-        raise UpstreamTimeout(f"upstream {name} timed out ({what})") from None
-    except aiohttp.ClientConnectorError as e:
+        return UpstreamTimeout(f"upstream {name} timed out ({what})")
+    if isinstance(e, aiohttp.ClientConnectorError):
         reason = ("connection refused" if isinstance(e.os_error, ConnectionRefusedError)
                   else "cannot connect")
-        raise UpstreamError(f"upstream {name} unreachable: {reason}") from None
-    except aiohttp.ServerDisconnectedError:
-        raise UpstreamError(f"upstream {name} {phase}: server disconnected") from None
-    except aiohttp.ClientPayloadError:
-        raise UpstreamError(f"upstream {name} {phase}: response body cut short") from None
-    except (aiohttp.ClientError, OSError) as e:
-        raise UpstreamError(f"upstream {name} {phase}: {type(e).__name__}") from None
+        return UpstreamError(f"upstream {name} unreachable: {reason}")
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return UpstreamError(f"upstream {name} {phase}: server disconnected")
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return UpstreamError(f"upstream {name} {phase}: response body cut short")
+    return UpstreamError(f"upstream {name} {phase}: {type(e).__name__}")
 
 
-def outbound_headers(settings: UpstreamSettings, client: Mapping[str, str]) -> dict[str, str]:
-    """The allowlisted client headers plus the provider's own credentials."""
-    out = {k.lower(): v for k, v in client.items() if k.lower() in FORWARDED_HEADERS}
-    out.setdefault("content-type", "application/json")
-    out["accept-encoding"] = "identity"  # SSE chunks must arrive as they are sent
-    key = settings.api_key
+@asynccontextmanager
+async def mapped_errors(name: str, phase: str) -> AsyncIterator[None]:
+    """Translate aiohttp failures into UpstreamError / UpstreamTimeout (for cold paths)."""
+    try:
+        yield
+    except _MAPPED as e:
+        raise mapped_error(e, name, phase) from None
+
+
+def static_headers(settings: UpstreamSettings) -> dict[str, str]:
+    """What every request to this upstream carries: defaults and the provider's credentials."""
+    out = {"content-type": "application/json"}
     if settings.provider == "anthropic":
-        out.setdefault("anthropic-version", settings.anthropic_version)
-        if key:
-            out["x-api-key"] = key
-    elif key:
-        out["authorization"] = f"Bearer {key}"
+        out["anthropic-version"] = settings.anthropic_version
+    return out
+
+
+def credential_headers(settings: UpstreamSettings) -> dict[str, str]:
+    key = settings.api_key
+    if not key:
+        return {}
+    return {"x-api-key": key} if settings.provider == "anthropic" else {"authorization": f"Bearer {key}"}
+
+
+def outbound_headers(settings: UpstreamSettings, client: Mapping[str, str],
+                     base: Mapping[str, str] | None = None, creds: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allowlisted client headers plus the provider's own credentials.
+
+    `client` has lowercase names (ASGI), so the allowlist is looked up, not scanned.
+    """
+    out = dict(static_headers(settings) if base is None else base)
+    for k in FORWARDED_HEADERS:
+        v = client.get(k)
+        if v is not None:
+            out[k] = v
+    out["accept-encoding"] = "identity"  # SSE chunks must arrive as they are sent
+    out.update(credential_headers(settings) if creds is None else creds)
     return out
 
 
@@ -78,8 +102,9 @@ class HTTPResponse:
 
     async def read(self) -> bytes:
         try:
-            async with mapped_errors(self._name, "failed while sending the body"):
-                return await self._resp.read()
+            return await self._resp.read()
+        except _MAPPED as e:
+            raise mapped_error(e, self._name, "failed while sending the body") from None
         finally:
             self._resp.release()
 
@@ -106,6 +131,8 @@ class HTTPUpstream:
         self.settings = settings
         self._base = settings.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._base_headers = static_headers(settings)
+        self._creds = credential_headers(settings)
 
     async def start(self) -> None:
         if self._session is not None:
@@ -130,8 +157,11 @@ class HTTPUpstream:
                    headers: Mapping[str, str]) -> HTTPResponse:
         if self._session is None:
             raise RuntimeError(f"upstream {self.name} used before start()")
-        async with mapped_errors(self.name, "failed"):
+        try:
             resp = await self._session.request(
                 method, self._base + path, data=body or None,
-                headers=outbound_headers(self.settings, headers), allow_redirects=False)
+                headers=outbound_headers(self.settings, headers, self._base_headers, self._creds),
+                allow_redirects=False)
+        except _MAPPED as e:
+            raise mapped_error(e, self.name, "failed") from None
         return HTTPResponse(self.name, resp)

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ class AuditWriter:
         self._slots = asyncio.Semaphore(settings.queue_max)
         self._held = 0        # slots taken by admit() and not yet released
         self._reserved = 0    # admitted but not yet submitted
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[AuditEvent] = collections.deque()
         self._unsaved: list[dict[str, Any]] = []  # chained, neither in store nor spool
         self._spool_rows = 0
         self._next_retry = 0.0
@@ -93,14 +94,8 @@ class AuditWriter:
         if self._reserved <= 0:
             raise RuntimeError("AuditWriter.submit() without a slot from admit()")
         self._reserved -= 1
-        try:
-            row = event_to_row(event)
-        except Exception:
-            # A malformed event is a caller bug: give its slot back rather than leak it.
-            self._held -= 1
-            self._slots.release()
-            raise
-        self._queue.append(row)
+        # The row is built in the drain task, off the request's path (see _row).
+        self._queue.append(event)
         n = len(self._queue)
         if n == 1 or n >= self._batch_size:
             self._wake.set()
@@ -168,7 +163,7 @@ class AuditWriter:
                         pass
                 n = min(len(self._queue), self._batch_size)
                 batch = [self._queue.popleft() for _ in range(n)]
-                self._unsaved.extend(self._chain(r) for r in batch)
+                self._unsaved.extend(self._chain(self._row(e)) for e in batch)
                 await self._persist()
                 self._metrics.set_depth(self._held)
             except Exception:  # keep draining: a dead task would stall every request
@@ -196,6 +191,16 @@ class AuditWriter:
             await self._persist()
         elif self._spool_rows:
             await self._replay()
+
+    @staticmethod
+    def _row(event: AuditEvent) -> dict[str, Any]:
+        try:
+            return event_to_row(event)
+        except Exception:  # a malformed event is a bug, but its request still gets a row
+            log.exception("audit event %s malformed; recording it without its policy input", event.request_id)
+            row = event_to_row(replace(event, policy_input=None, reasons=()))
+            row["error"] = ((row.get("error") or "") + " [audit event malformed]").strip()
+            return row
 
     def _chain(self, row: dict[str, Any]) -> dict[str, Any]:
         row["chain_id"] = self._chain_id
