@@ -103,10 +103,15 @@ async def admit(scope: dict[str, Any], send: Any, surface: ModuleType, services:
 
 
 def observe(s: Services, surface: str, ex: Exchange) -> None:
-    """Metrics for every request, and a log line for refusals and failures."""
-    if ex.status >= 400 or ex.error:
-        # Successes are in the audit log only, which keeps the hot path free of a log write.
-        log.info("request not served" if ex.status >= 400 else "request failed late", extra={
+    """Metrics for every request; a log line for failures (refusals at DEBUG).
+
+    Every request is in the audit log. Logging each policy or limit refusal too
+    would put a log write on the hot path exactly when an agent misbehaves at rate.
+    """
+    failed = ex.status >= 500 or (ex.status < 400 and ex.error is not None)  # 4xx: the client's
+    level = logging.WARNING if failed else logging.DEBUG
+    if (ex.status >= 400 or ex.error) and log.isEnabledFor(level):
+        log.log(level, "request failed" if failed else "request refused", extra={
             "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
             "action": ex.action, "resource": ex.resource_name, "decision": ex.outcome,
             "status": ex.status, "error": ex.error})
