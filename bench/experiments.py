@@ -1,0 +1,138 @@
+"""`python -m bench ab`: measured what-ifs for the proposed optimizations (bench only).
+
+Each experiment monkeypatches the running gateway *in the benchmark's own
+server process* to approximate one proposed change, so its gain can be
+measured before anyone edits gateway/ or adapters/. The patches are crude
+stand-ins, not the changes themselves; nothing here is imported by the gateway.
+They were written against commit de401e9; since a5b764d/b0dea4a the gateway does
+most of them itself (exact-path dispatch, counter ids, bound metrics, its own
+bounded cache, no proxy headers), so there they measure nothing or, for
+"router", the older Router-only dispatch. Add new what-ifs here the same way.
+
+    python -m bench ab [--duration 5] [--rounds 2] [--only router,request_id]
+
+Serving: `python -m bench.experiments CONFIG PORT EXPERIMENTS` runs uvicorn as
+`portcullis serve` does (uvloop, httptools), after applying the patches.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from typing import Any
+
+
+# name -> what it approximates
+EXPERIMENTS = {
+    "router": "serve app.router (pure-ASGI routing) instead of Starlette(), skipping its "
+              "ServerErrorMiddleware/ExceptionMiddleware, which build a Request per request",
+    "no_proxy_headers": "uvicorn proxy_headers=False (the gateway has its own trust_forwarded_for)",
+    "request_id": "request ids from a per-process random prefix + counter instead of uuid4()",
+    "dict_cache": "decision cache as a plain dict with expiry instead of aiocache SimpleMemoryCache",
+    "metrics_bound": "prometheus label children bound once (memoized .labels()) instead of per request",
+    "audit_row_fast": "event_to_row without the _plain deep copy of policy_input and with a cheaper "
+                      "timestamp formatter",
+    "null_audit_store": "UPPER BOUND only: an audit store that discards rows (what the SQLite store costs)",
+    "all": "every change above except null_audit_store",
+}
+
+
+def _request_id() -> None:
+    import gateway.pipeline as pipeline
+
+    prefix = os.urandom(8).hex()
+    counter = itertools.count()
+
+    class _Id:
+        __slots__ = ("hex",)
+
+        def __init__(self) -> None:
+            self.hex = f"{prefix}{next(counter):016x}"
+
+    class _Uuid:
+        uuid4 = _Id
+
+    pipeline.uuid = _Uuid  # type: ignore[assignment]
+
+
+def _metrics_bound(app: Any) -> None:
+    import functools
+
+    m = app.state.services.metrics
+    for name in ("requests", "cache", "upstream", "rate_limited"):
+        metric = getattr(m, name, None)
+        if metric is not None:
+            metric.labels = functools.lru_cache(maxsize=4096)(metric.labels)
+
+
+def _audit_row_fast() -> None:
+    from datetime import datetime, timezone
+
+    import gateway.audit.chain as chain
+    import gateway.audit.writer as writer
+
+    original = chain.event_to_row
+    utc = timezone.utc
+
+    def fast(event: Any) -> dict[str, Any]:
+        pi = event.policy_input
+        if pi is None or type(pi) is dict:
+            # Build the row with policy_input swapped out, then put the (already plain) dict back.
+            row = original(_Swap(event))
+            row["policy_input"] = pi
+        else:
+            row = original(event)
+        row["ts"] = datetime.fromtimestamp(event.ts, utc).isoformat(timespec="microseconds")
+        return row
+
+    class _Swap:
+        def __init__(self, ev: Any) -> None:
+            self._ev = ev
+
+        def __getattr__(self, k: str) -> Any:
+            return None if k == "policy_input" else getattr(self._ev, k)
+
+    writer.event_to_row = fast
+
+
+def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
+    """Patches that must happen before create_app; returns uvicorn option overrides."""
+    if "all" in names:
+        names |= set(EXPERIMENTS) - {"all", "null_audit_store"}
+    if "request_id" in names:
+        _request_id()
+    if "audit_row_fast" in names:
+        _audit_row_fast()
+    if "dict_cache" in names:
+        settings_doc["cache"] = {"backend": "bench.standins:DictDecisionCache"}
+    if "null_audit_store" in names:
+        settings_doc["audit"]["backend"] = "bench.standins:NullAuditStore"
+    return {"proxy_headers": "no_proxy_headers" not in names}
+
+
+def serve(config: str, port: int, names: set[str]) -> None:
+    import uvicorn
+    import yaml
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.settings import load_settings
+
+    with open(config) as f:
+        doc = yaml.safe_load(f)
+    opts = apply(names, doc)
+    patched = config + ".ab.yaml"
+    with open(patched, "w") as f:
+        yaml.safe_dump(doc, f)
+    settings = load_settings(patched, os.environ)
+    configure_logging(settings.logging.level)
+    app = create_app(settings)
+    if "metrics_bound" in names or "all" in names:
+        _metrics_bound(app)
+    asgi = app.router if ("router" in names or "all" in names) else app
+    uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                                  lifespan="on", access_log=False, log_config=None, **opts)).run()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]), {n for n in sys.argv[3].split(",") if n and n != "none"})
