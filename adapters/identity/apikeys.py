@@ -13,6 +13,7 @@ class APIKeySource:
 
     def __init__(self, directory: AgentDirectory) -> None:
         self._directory = directory
+        self._principals: dict[str, Principal] = {}  # by key hash; the directory is fixed for a run
 
     async def start(self) -> None:
         return None
@@ -24,9 +25,12 @@ class APIKeySource:
         # constant-time should the lookup ever become a prefix or range index.
         if entry is None or not hmac.compare_digest(entry.sha256, digest):
             return None  # not ours: the next source (e.g. JWT) may know it
-        agent = self._directory.agent(entry.agent) if entry.agent else None
-        return Principal(workspace=entry.workspace, auth="api_key", agent=agent,
-                         credential_id=entry.id)
+        principal = self._principals.get(digest)
+        if principal is None:
+            agent = self._directory.agent(entry.agent) if entry.agent else None
+            principal = self._principals[digest] = Principal(
+                workspace=entry.workspace, auth="api_key", agent=agent, credential_id=entry.id)
+        return principal
 
     async def aclose(self) -> None:
         return None

@@ -42,8 +42,22 @@ class PolicyStage:
         self._fail_open = fail_open
 
     async def decide(self, doc: dict[str, Any]) -> tuple[Decision, str]:
-        """Return the decision and the input digest; raises PolicyError when failing closed."""
-        return (await self.decide_many([doc]))[0]
+        """Return the decision and the input digest; raises PolicyError when failing closed.
+
+        The one-input path of decide_many, without its lists: it runs on every request.
+        """
+        dig = digest(doc)
+        # The revision in the key means a reload can never serve a stale decision.
+        key = self._engine.revision + ":" + dig
+        cached = await self._cache.get(key)
+        if cached is not None:  # stored with cache_hit=True already: no copy per hit
+            self._metrics.cache_hit.inc()
+            return cached, dig
+        self._metrics.cache_miss.inc()
+        [decision] = self._evaluate([doc])
+        if decision.cache_ttl_s > 0:  # 0: a fail-open stand-in, never cached
+            await self._cache.set(key, replace(decision, cache_hit=True), decision.cache_ttl_s)
+        return decision, dig
 
     async def decide_many(self, docs: Sequence[dict[str, Any]]) -> list[tuple[Decision, str]]:
         """Decisions and input digests for several inputs: cache first, the misses in one batch."""
