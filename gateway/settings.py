@@ -98,6 +98,9 @@ class LimitsSettings(_Model):
     # Keys of one gateway fleet share this prefix; no braces: the agent id is the cluster hash tag.
     key_prefix: str = Field("portcullis:limits:", pattern=r"^[^{}]*$")
     redis_timeout_s: float = Field(0.5, gt=0)  # per command; a slower Redis is treated as down
+    # Token settles are summed per agent and sent together within this many ms (0: one
+    # round trip per request). Returns come back late, which only ever admits less.
+    settle_flush_ms: int = Field(20, ge=0)
     redis_pool_size: int = Field(32, gt=0)  # connections per replica
     redis_pool_wait_s: float = Field(5.0, gt=0)  # longest wait for a free one (a burst is not an outage)
 

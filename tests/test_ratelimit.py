@@ -46,6 +46,7 @@ class Limiters:
             lim: Any = MemoryRateLimiter(LimitsSettings(**settings), clock=clock or time.monotonic)
         else:
             # generous timeout: a loaded test machine is not what these tests are about
+            settings.setdefault("settle_flush_ms", 0)  # settles applied at once, like memory's
             s = LimitsSettings(redis_url=self.url, key_prefix=self.prefix, redis_timeout_s=10.0, **settings)
             lim = RedisRateLimiter(s, clock=clock)
         await lim.start()
@@ -247,6 +248,26 @@ async def test_settling_back_to_full_deletes_the_key(redis_limiters):
 
 
 # ---- Redis failures become BackendError, without secrets --------------------------
+
+async def test_batched_settles_arrive_summed_and_on_close(redis_limiters):
+    """settle_flush_ms > 0: corrections wait a moment, then go in one pipelined round trip."""
+    lim = await redis_limiters.make(Clock(), settle_flush_ms=50)
+    limits = Limits(requests_per_minute=100, tokens_per_minute=1000)
+    r1, r2 = await lim.reserve("a", limits, 600), await lim.reserve("a", limits, 300)
+    await lim.settle(r1.reservation, 100)
+    await lim.settle(r2.reservation, 100)  # 500 + 200 come back, later
+    assert not (await lim.reserve("a", limits, 500)).allowed  # not yet: the wait only admits less
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        r = await lim.reserve("a", limits, 500)
+        if r.allowed:
+            break
+    assert r.allowed and r.remaining_tokens == 300  # 100 + 700 back - 500
+    await lim.settle(r.reservation, 0)  # waiting at close: applied by aclose
+    await lim.aclose()
+    other = await redis_limiters.make(Clock(), settle_flush_ms=50)
+    assert (await other.reserve("a", limits, 800)).remaining_tokens == 0
+
 
 async def test_start_fails_clearly_when_redis_is_unreachable():
     sock, url = refusing_url("s3cret-pw")
