@@ -6,7 +6,6 @@ saving that does not depend on how busy the machine is. Timings are best-of-5.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import itertools

@@ -60,6 +60,16 @@ def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
     return c[0] if c else None
 
 
+async def finish(s: Services, surface: str, ex: Exchange, reservation: Any) -> None:
+    """Every request's last step, whatever happened: settle, one audit row, metrics."""
+    try:
+        await s.limits.settle(reservation, ex.usage)
+    except Exception:
+        log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
+    s.audit.submit(ex.audit_event())
+    observe(s, surface, ex)
+
+
 class RequestIds:
     """Unique request ids without a syscall per request: a random per-process prefix and a counter."""
 
@@ -180,12 +190,7 @@ class LLMEndpoint:
                 ex.outcome = "error"
             await send_error(send, surface, ex, GatewayError(f"internal gateway error ({type(e).__name__})"))
         finally:
-            try:
-                await s.limits.settle(reservation, ex.usage)
-            except Exception:
-                log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
-            s.audit.submit(ex.audit_event())
-            observe(s, surface.NAME, ex)
+            await finish(s, surface.NAME, ex, reservation)
 
     async def _check_declared_tools(self, parsed: Parsed, ex: Exchange) -> None:
         """Refuse to let an agent offer a model a governed tool it may not call itself."""

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import aiohttp
 
-from adapters.upstream.http import HTTPResponse, mapped_errors
+from adapters.upstream.http import HTTPResponse, mapped_errors, new_session
 from gateway.settings import HTTPToolSettings, MCPServerSettings
 
 
@@ -27,13 +27,7 @@ class HTTPToolClient:
         if self._session is not None:
             return
         s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
-                                          sock_read=s.read_timeout_s),
-            auto_decompress=True,
-            cookie_jar=aiohttp.DummyCookieJar(),  # no state shared between agents
-        )
+        self._session = new_session(s.max_connections, s.connect_timeout_s, s.read_timeout_s)
 
     async def aclose(self) -> None:
         if self._session is not None:

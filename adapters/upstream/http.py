@@ -91,6 +91,18 @@ def response_headers(raw: Mapping[str, str]) -> dict[str, str]:
             if k.lower() not in _DROPPED_RESPONSE and k.lower() not in named}
 
 
+def new_session(max_connections: int, connect_s: float, read_s: float) -> aiohttp.ClientSession:
+    """One pooled session per endpoint; read_s bounds the wait between bytes, not the whole answer."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s),
+        # Decodes only if an endpoint ignores our identity request; the
+        # content-encoding header is dropped on the way back either way.
+        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),  # no state shared between agents
+    )
+
+
 class HTTPResponse:
     """An aiohttp response behind the UpstreamResponse shape."""
 
@@ -138,15 +150,7 @@ class HTTPUpstream:
         if self._session is not None:
             return
         s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
-                                          sock_read=s.read_timeout_s),
-            # Decodes only if a provider ignores our identity request; the
-            # content-encoding header is dropped on the way back either way.
-            auto_decompress=True,
-            cookie_jar=aiohttp.DummyCookieJar(),  # no state shared between agents
-        )
+        self._session = new_session(s.max_connections, s.connect_timeout_s, s.read_timeout_s)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -22,7 +22,7 @@ from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
 from gateway.mcp import actions, jsonrpc, relay
 from gateway.mcp.jsonrpc import JSONRPCError, Message
 from gateway.mcp.sessions import SessionBindings
-from gateway.pipeline import Services, admit, observe
+from gateway.pipeline import Services, admit, finish
 from gateway.stages.limits import headers as limit_headers
 from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
@@ -98,12 +98,7 @@ class MCPEndpoint:
             ex.outcome = "error"
             await self._error(send, ex, GatewayError(f"internal gateway error ({type(e).__name__})"), msg)
         finally:
-            try:
-                await s.limits.settle(reservation, ex.usage)
-            except Exception:
-                log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
-            s.audit.submit(ex.audit_event())
-            observe(s, surface.NAME, ex)
+            await finish(s, surface.NAME, ex, reservation)
 
     def _check_session(self, ex: Exchange, server: str, sid: str | None) -> None:
         owner = self.sessions.owner(server, sid) if sid else None

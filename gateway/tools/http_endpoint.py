@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, NotFound, PermissionDenied, RateLimited
 from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
-from gateway.pipeline import Services, admit, observe, send_error
+from gateway.pipeline import Services, admit, finish, send_error
 from gateway.stages.limits import headers as limit_headers
 from gateway.surfaces import tools as surface
 from gateway.surfaces.base import load_json_object
@@ -95,9 +95,4 @@ class HTTPToolEndpoint:
             ex.outcome = "error"
             await send_error(send, surface, ex, GatewayError(f"internal gateway error ({type(e).__name__})"))
         finally:
-            try:
-                await s.limits.settle(reservation, ex.usage)
-            except Exception:
-                log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
-            s.audit.submit(ex.audit_event())
-            observe(s, surface.NAME, ex)
+            await finish(s, surface.NAME, ex, reservation)
