@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.harness import Gateway, LoopThread, gateway_config
+from tests.mcp_orders_server import OrdersServer
 from tests.upstream_server import UpstreamServer
 
 
@@ -20,6 +21,15 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture(scope="session")
 def upstream(loop_thread: LoopThread) -> Iterator[UpstreamServer]:
     server = UpstreamServer(slow_s=4.0)
+    loop_thread.run(server.start())
+    yield server
+    loop_thread.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+def orders(loop_thread: LoopThread) -> Iterator[OrdersServer]:
+    """The MCP test server (tests/mcp_orders_server.py); tests call clear() for their own view."""
+    server = OrdersServer()
     loop_thread.run(server.start())
     yield server
     loop_thread.run(server.stop())

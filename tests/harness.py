@@ -55,6 +55,20 @@ def free_socket() -> socket.socket:
     return sock
 
 
+async def serve(app: Any, **config: Any) -> tuple[uvicorn.Server, "asyncio.Task[None]", int]:
+    """Run `app` under uvicorn on a free 127.0.0.1 port on the running loop; returns once it listens."""
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=1, **config))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # surface the startup failure
+            raise RuntimeError("server exited during startup")
+        await asyncio.sleep(0.01)
+    return server, task, sock.getsockname()[1]
+
+
 def gateway_config(tmp: Path, upstream_url: str, policy_dir: Path | None = None, **overrides: Any) -> Path:
     """Write a gateway config into `tmp` routing real model names to the test upstream."""
     cfg: dict[str, Any] = {

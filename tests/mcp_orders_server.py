@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
+
+from tests.harness import serve
 
 ORDERS: dict[str, list[dict[str, Any]]] = {
     "acme": [
@@ -148,21 +149,9 @@ class OrdersServer:
         return f"{self.base_url}/mcp"
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
         mcp = build_server(self.executed, self.progress_delay)
         app = mcp.streamable_http_app(json_response=self.json_response, stateless_http=self.stateless)
-        config = uvicorn.Config(self._recording(app), lifespan="on", log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # surface the startup failure
-                raise RuntimeError("MCP orders server exited during startup")
-            await asyncio.sleep(0.01)
+        self._server, self._task, self._port = await serve(self._recording(app), lifespan="on")
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

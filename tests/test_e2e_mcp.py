@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -52,14 +52,6 @@ def rows_eventually(gw: Gateway, where: str, args: tuple, n: int, timeout: float
         if len(rows) >= n or time.monotonic() > deadline:
             return rows
         time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def orders(loop_thread: LoopThread) -> Iterator[OrdersServer]:
-    server = OrdersServer()
-    loop_thread.run(server.start())
-    yield server
-    loop_thread.run(server.stop())
 
 
 @pytest.fixture

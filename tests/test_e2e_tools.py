@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.harness import KEYS, Gateway, LoopThread
+from tests.harness import KEYS, Gateway
 from tests.mcp_orders_server import OrdersServer
 from tests.upstream_server import UpstreamServer
-
-
-@pytest.fixture(scope="module")
-def orders(loop_thread: LoopThread) -> Iterator[OrdersServer]:
-    server = OrdersServer()
-    loop_thread.run(server.start())
-    yield server
-    loop_thread.run(server.stop())
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ Records every request, and injects faults chosen by the request's model name:
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -21,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from adapters.upstream import wire
+from tests.harness import serve
 
 FAULT_EVENTS = 3  # events sent before a mid-stream fault
 
@@ -53,19 +53,8 @@ class UpstreamServer:
         return f"http://127.0.0.1:{self._port}"
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
-        config = uvicorn.Config(_drops_quietly(app), lifespan="off", log_level="warning",
-                                timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # surface the startup failure
-            await asyncio.sleep(0.01)
+        self._server, self._task, self._port = await serve(_drops_quietly(app), lifespan="off")
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:

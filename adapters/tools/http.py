@@ -10,11 +10,11 @@ from typing import Mapping
 
 import aiohttp
 
-from adapters.upstream.http import HTTPResponse, mapped_errors, new_session
+from adapters.upstream.http import HTTPResponse, PooledEndpoint, mapped_errors
 from gateway.settings import HTTPToolSettings, MCPServerSettings
 
 
-class HTTPToolClient:
+class HTTPToolClient(PooledEndpoint):
     """Implements gateway.protocols.ToolTransport for one configured URL."""
 
     def __init__(self, name: str, settings: MCPServerSettings | HTTPToolSettings) -> None:
@@ -22,17 +22,6 @@ class HTTPToolClient:
         self.url = settings.url
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        if self._session is not None:
-            return
-        s = self.settings
-        self._session = new_session(s.max_connections, s.connect_timeout_s, s.read_timeout_s)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def send(self, method: str, body: bytes, headers: Mapping[str, str],
                    params: Mapping[str, str] | None = None) -> HTTPResponse:

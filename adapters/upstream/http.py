@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 
@@ -103,6 +103,23 @@ def new_session(max_connections: int, connect_s: float, read_s: float) -> aiohtt
     )
 
 
+class PooledEndpoint:
+    """start/aclose of one shared session, sized and timed by `self.settings`."""
+    settings: Any
+    _session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        s = self.settings
+        self._session = new_session(s.max_connections, s.connect_timeout_s, s.read_timeout_s)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class HTTPResponse:
     """An aiohttp response behind the UpstreamResponse shape."""
 
@@ -133,7 +150,7 @@ class HTTPResponse:
         self._resp.release()
 
 
-class HTTPUpstream:
+class HTTPUpstream(PooledEndpoint):
     """Implements gateway.protocols.Upstream for OpenAI- and Anthropic-style providers."""
 
     def __init__(self, name: str, settings: UpstreamSettings) -> None:
@@ -145,17 +162,6 @@ class HTTPUpstream:
         self._session: aiohttp.ClientSession | None = None
         self._base_headers = static_headers(settings)
         self._creds = credential_headers(settings)
-
-    async def start(self) -> None:
-        if self._session is not None:
-            return
-        s = self.settings
-        self._session = new_session(s.max_connections, s.connect_timeout_s, s.read_timeout_s)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def send(self, method: str, path: str, body: bytes, api: str,
                    headers: Mapping[str, str]) -> HTTPResponse:
