@@ -6,9 +6,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.harness import Gateway, LoopThread, gateway_config
-from tests.mcp_orders_server import OrdersServer
-from tests.upstream_server import UpstreamServer
+from tests.support.harness import Gateway, LoopThread, gateway_config
+from tests.support.mcp_orders_server import OrdersServer
+from tests.support.upstream_server import UpstreamServer
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def upstream(loop_thread: LoopThread) -> Iterator[UpstreamServer]:
 
 @pytest.fixture(scope="session")
 def orders(loop_thread: LoopThread) -> Iterator[OrdersServer]:
-    """The MCP test server (tests/mcp_orders_server.py); tests call clear() for their own view."""
+    """The MCP test server (tests/support/mcp_orders_server.py); tests call clear() for their own view."""
     server = OrdersServer()
     loop_thread.run(server.start())
     yield server

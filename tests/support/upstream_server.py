@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from adapters.upstream import wire
-from tests.harness import serve
+from tests.support.harness import serve
 
 FAULT_EVENTS = 3  # events sent before a mid-stream fault
 

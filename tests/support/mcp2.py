@@ -1,6 +1,6 @@
 """Run an op list with the mcp 2.x SDK client (mcp.Client over streamable_http_client).
 
-The counterpart of tests/mcp1.py: the same ops, the same JSON-able result shape.
+The counterpart of tests/support/mcp1.py: the same ops, the same JSON-able result shape.
 
     result = await run_ops(url, [{"op": "list_tools"}], headers={"Authorization": "Bearer k"})
     result = loop_thread.run(run_ops(...))          # from a sync test

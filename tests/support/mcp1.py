@@ -1,4 +1,4 @@
-"""Run an mcp 1.x SDK client (tests/mcp1_client.py) from tests that live on mcp 2.x.
+"""Run an mcp 1.x SDK client (tests/support/mcp1_client.py) from tests that live on mcp 2.x.
 
 The 1.x SDK cannot share a virtualenv with 2.x, so it gets its own at
 tests/.venvs/mcp1, created on first use with `python -m venv` and plain pip (the
@@ -10,7 +10,7 @@ the installed requirement, later calls return at once.
 
 `run_client` blocks: call it from a sync test (the servers run on the
 LoopThread), or `await arun_client(...)` from an async one. The result shape is
-documented in tests/mcp1_client.py and matches tests/mcp2.py's run_ops.
+documented in tests/support/mcp1_client.py and matches tests/support/mcp2.py's run_ops.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-VENVS = HERE / ".venvs"
+VENVS = HERE.parent / ".venvs"
 VENV = VENVS / "mcp1"
 CLIENT_SCRIPT = HERE / "mcp1_client.py"
 REQUIREMENT = "mcp>=1.20,<2"

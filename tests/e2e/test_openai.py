@@ -4,7 +4,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.harness import KEYS, PROVIDER_KEYS
+from tests.support.harness import KEYS, PROVIDER_KEYS
 
 MSG = [{"role": "user", "content": "hello from the tests"}]
 

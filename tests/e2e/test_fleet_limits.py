@@ -12,9 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.harness import KEYS, PROVIDER_KEYS, REPO, Gateway, gateway_config
-from tests.redis_process import RedisProcess, delete_prefix, refusing_url
-from tests.services import redis_url, unique
+from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, Gateway, gateway_config
+from tests.support.redis_process import RedisProcess, delete_prefix, refusing_url
+from tests.support.services import redis_url, unique
 
 MSG = [{"role": "user", "content": "hi"}]
 

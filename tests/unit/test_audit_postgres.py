@@ -10,9 +10,9 @@ import pytest
 from adapters.audit.postgres import PostgresAuditStore
 from gateway.audit.verify import verify
 from gateway.errors import BackendError
-from tests import pg
-from tests.audit_rows import rows_of, settings, write_events
-from tests.services import pg_dsn, unique
+from tests.support import pg
+from tests.support.audit_rows import rows_of, settings, write_events
+from tests.support.services import pg_dsn, unique
 
 SECRET = "S3cr3t-pw"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.harness import free_socket
+from tests.support.harness import free_socket
 
 
 def delete_prefix(url: str, prefix: str) -> None:

@@ -9,7 +9,7 @@ import jwt as pyjwt
 import openai
 import pytest
 
-from tests.harness import KEYS
+from tests.support.harness import KEYS
 
 MSG = [{"role": "user", "content": "hi"}]
 SECRET = "test-hs256-secret-that-is-long-enough-0123456789"

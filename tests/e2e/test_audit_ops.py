@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import KEYS, PROVIDER_KEYS, REPO, copy_policies
+from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, copy_policies
 
 MSG = [{"role": "user", "content": "audit me"}]
 

@@ -20,9 +20,9 @@ from gateway.audit.verify import verify
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError
 from gateway.protocols import AuditStore
-from tests import pg
-from tests.audit_rows import CHAIN, event, rows_of, settings, write_events
-from tests.services import pg_dsn, unique
+from tests.support import pg
+from tests.support.audit_rows import CHAIN, event, rows_of, settings, write_events
+from tests.support.services import pg_dsn, unique
 
 
 class SQLiteBackend:

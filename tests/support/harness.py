@@ -21,7 +21,7 @@ import yaml
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 KEYS = {
@@ -149,7 +149,7 @@ class Gateway:
 
     def audit_rows(self, where: str = "1=1", args: tuple = ()) -> list[dict[str, Any]]:
         if self.settings.audit.backend == "postgres":
-            from tests import pg
+            from tests.support import pg
             return self.loop.run(pg.audit_rows(self.settings.audit, where, args))
         con = sqlite3.connect(self.audit_db)
         con.row_factory = sqlite3.Row

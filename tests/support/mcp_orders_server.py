@@ -32,7 +32,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
-from tests.harness import serve
+from tests.support.harness import serve
 
 ORDERS: dict[str, list[dict[str, Any]]] = {
     "acme": [

@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import KEYS, Gateway
-from tests.mcp_orders_server import OrdersServer
-from tests.upstream_server import UpstreamServer
+from tests.support.harness import KEYS, Gateway
+from tests.support.mcp_orders_server import OrdersServer
+from tests.support.upstream_server import UpstreamServer
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from adapters.upstream.mock import MockUpstream
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.protocols import Upstream
 from gateway.settings import UpstreamSettings
-from tests.upstream_server import FAULT_EVENTS, UpstreamServer
+from tests.support.upstream_server import FAULT_EVENTS, UpstreamServer
 
 PROMPT = "please tell me a short story about a lighthouse keeper and a very curious seagull"
 ANSWER = wire.ANSWER_PREFIX + PROMPT

@@ -1,6 +1,6 @@
 """MCP through the gateway: real mcp SDK clients of both generations, a real MCP server.
 
-The orders server (tests/mcp_orders_server.py) offers read_orders (readOnlyHint),
+The orders server (tests/support/mcp_orders_server.py) offers read_orders (readOnlyHint),
 refund_order (no hints) and delete_customer (destructiveHint); the default policy
 decides what each quickstart agent sees and may call.
 """
@@ -14,9 +14,9 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from tests import mcp1, mcp2
-from tests.harness import KEYS, Gateway, LoopThread, copy_policies
-from tests.mcp_orders_server import PROGRESS_MESSAGES, RESOURCE_URI, OrdersServer
+from tests.support import mcp1, mcp2
+from tests.support.harness import KEYS, Gateway, LoopThread, copy_policies
+from tests.support.mcp_orders_server import PROGRESS_MESSAGES, RESOURCE_URI, OrdersServer
 
 EXPECTED = {
     "observer": set(),

@@ -10,9 +10,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests import mcp1, mcp2
-from tests.harness import LoopThread, free_socket
-from tests.mcp_orders_server import (ORDERS, PROGRESS_MESSAGES, PROMPT_NAME, RESOURCE_URI, TOOL_NAMES,
+from tests.support import mcp1, mcp2
+from tests.support.harness import LoopThread, free_socket
+from tests.support.mcp_orders_server import (ORDERS, PROGRESS_MESSAGES, PROMPT_NAME, RESOURCE_URI, TOOL_NAMES,
                                      OrdersServer, SeenRequest)
 
 CLIENTS = ("mcp1", "mcp2-auto", "mcp2-legacy")

@@ -8,7 +8,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.harness import KEYS
+from tests.support.harness import KEYS
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -16,7 +16,7 @@ from gateway.audit.verify import format_report, tail_text, verify
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError, Unavailable
 from gateway.protocols import AuditStore
-from tests.audit_rows import CHAIN, Metrics, event, rows_of, settings, until, write_events
+from tests.support.audit_rows import CHAIN, Metrics, event, rows_of, settings, until, write_events
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from gateway.errors import PolicyCompileError, PolicyError
 from gateway.protocols import PolicyEngine
 from gateway.settings import PolicySettings
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies_rego"
+POLICIES = Path(__file__).resolve().parents[2] / "policies_rego"
 STATIC = PolicySettings(hot_reload=False)
 
 # The quickstart agents: id -> (tier, maturity).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from adapters.policy.regorus_testrunner import TestResult, format_results, run_policy_tests
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies_rego"
+POLICIES = Path(__file__).resolve().parents[2] / "policies_rego"
 
 
 def test_default_policies_pass_their_tests() -> None:

@@ -8,10 +8,10 @@ import httpx
 import orjson
 import pytest
 
-from tests import pg
-from tests.harness import KEYS, PROVIDER_KEYS
-from tests.services import pg_dsn, unique
-from tests.test_e2e_audit_ops import MSG, cli, client, mixed_traffic
+from tests.support import pg
+from tests.support.harness import KEYS, PROVIDER_KEYS
+from tests.support.services import pg_dsn, unique
+from tests.e2e.test_audit_ops import MSG, cli, client, mixed_traffic
 
 ENV = {"PATH": "/usr/bin:/bin", **PROVIDER_KEYS}
 

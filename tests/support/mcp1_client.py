@@ -1,6 +1,6 @@
 """An MCP client on the mcp 1.x SDK (protocol 2025-11-25, session-based Streamable HTTP).
 
-Runs inside tests/.venvs/mcp1 (see tests/mcp1.py), never in the project's venv:
+Runs inside tests/.venvs/mcp1 (see tests/support/mcp1.py), never in the project's venv:
 the 1.x SDK cannot be installed next to 2.x. Reads one JSON object on stdin:
 
   {"url": "...", "headers": {...}, "timeout": 30,
@@ -8,7 +8,7 @@ the 1.x SDK cannot be installed next to 2.x. Reads one JSON object on stdin:
            {"op": "read_resource", "uri": ...}, {"op": "get_prompt", "name": ..., "arguments": {...}},
            {"op": "list_resources"}, {"op": "list_prompts"}]}
 
-and prints one JSON object on stdout, the same shape as tests/mcp2.py's run_ops:
+and prints one JSON object on stdout, the same shape as tests/support/mcp2.py's run_ops:
 
   {"sdk": "mcp 1.x.y", "protocol_version": ..., "session_id": ..., "server_info": {...},
    "results": [<one per op run>], "fatal": null | {"type", "message", "status"}}

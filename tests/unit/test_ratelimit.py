@@ -20,8 +20,8 @@ from adapters.ratelimit.redis import RedisRateLimiter
 from gateway.errors import BackendError
 from gateway.settings import LimitsSettings
 from gateway.types import Limits
-from tests.redis_process import RedisProcess, delete_prefix, refusing_url
-from tests.services import redis_url, unique
+from tests.support.redis_process import RedisProcess, delete_prefix, refusing_url
+from tests.support.services import redis_url, unique
 
 
 class Clock:
