@@ -9,22 +9,25 @@ from typing import Any, AsyncIterator
 from starlette.routing import Route, Router
 
 from gateway import registry
+from gateway.agents_reload import AgentsReloader
 from gateway.audit.writer import AuditWriter
 from gateway.directory import AgentDirectory
-from gateway.endpoints import ModelsEndpoint, NotFoundEndpoint, OpsEndpoints
+from gateway.endpoints import ModelsHandler, OpsEndpoints, not_found, surface_for
+from gateway.exchange import Governed
 from gateway.mcp.client import ToolLister
-from gateway.mcp.endpoint import MCPEndpoint
+from gateway.mcp.endpoint import MCPHandler
 from gateway.metrics import Metrics
-from gateway.pipeline import LLMEndpoint, Services
+from gateway.pipeline import LLMHandler
+from gateway.services import Services
 from gateway.routing import ModelRouter
 from gateway.settings import Settings, load_agents
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
-from gateway.surfaces import anthropic, openai
+from gateway.surfaces import anthropic, mcp, openai, tools as tools_surface
 from gateway.tools.catalog import ToolCatalog
 from gateway.tools.govern import ToolGovernor
-from gateway.tools.http_endpoint import HTTPToolEndpoint
+from gateway.tools.http_endpoint import HTTPToolHandler
 
 log = logging.getLogger("portcullis.app")
 
@@ -35,7 +38,8 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     Returns the services, the backends in start order, and the audit store.
     """
     metrics = Metrics()
-    directory = AgentDirectory.from_file(load_agents(settings.path(settings.identity.agents_file)))
+    agents_file = settings.path(settings.identity.agents_file)
+    directory = AgentDirectory.from_file(load_agents(agents_file))
     sources: list[Any] = [registry.load("identity", "api_key")(directory)]
     if settings.identity.jwt is not None:
         sources.append(registry.load("identity", "jwt")(settings.identity.jwt, base_dir=settings.base_dir))
@@ -52,9 +56,12 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open")
     catalog = ToolCatalog({n: t.annotations_ttl_s for n, t in tools.servers.items()})
     lister = ToolLister(transports, catalog)
+    identity = IdentityResolver(sources, directory, settings.identity.anonymous_agent)
+    agents = AgentsReloader(agents_file, directory, hot_reload=settings.identity.hot_reload,
+                            check=identity.check_directory, on_reload=metrics.on_agents_reload)
     services = Services(
         settings=settings,
-        identity=IdentityResolver(sources, directory, settings.identity.anonymous_agent),
+        identity=identity,
         policy=policy,
         limits=LimitStage(limiter, metrics),
         router=ModelRouter(settings.routes),
@@ -65,7 +72,7 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
         tool_transports=transports,
     )
     # Start order: audit first (so every request can be recorded), upstreams last.
-    backends = [store, writer, engine, cache, limiter, *sources, *upstreams.values(), *transports.values()]
+    backends = [store, writer, engine, cache, limiter, agents, *sources, *upstreams.values(), *transports.values()]
     return services, backends, (store, engine)
 
 
@@ -99,19 +106,21 @@ def create_app(settings: Settings) -> "GatewayApp":
                     log.exception("closing %s failed", type(b).__name__)
 
     ops = OpsEndpoints(services, ready_check)
-    llm = [(openai, p) for p in openai.ACTIONS] + [(anthropic, p) for p in anthropic.ACTIONS]
-    models = ModelsEndpoint(services)
-    exact: dict[str, Any] = {path: LLMEndpoint(services, surface, path) for surface, path in llm}
+    s = services
+    exact: dict[str, Any] = {path: Governed(s, LLMHandler(s, surface, path), surface=surface)
+                             for surface in (openai, anthropic) for path in surface.ACTIONS}
+    models = Governed(s, ModelsHandler(s), choose=surface_for, methods=("GET",))
     exact["/v1/models"] = models
     routes = [
-        *(Route(path, endpoint) for path, endpoint in exact.items()),
         Route("/v1/models/{model:path}", models),
-        Route("/tools/{name}", HTTPToolEndpoint(services)),
-        Route("/mcp/{server}", MCPEndpoint(services)),
+        Route("/tools/{name}", Governed(s, HTTPToolHandler(s), surface=tools_surface)),
+        Route("/mcp/{server}", Governed(s, MCPHandler(s), surface=mcp, methods=("POST", "GET", "DELETE"))),
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),
-        Route("/{path:path}", NotFoundEndpoint(services)),  # last: everything else is a 404, audited
+        # Last: everything else is a 404 in the caller's format, audited; a bad
+        # credential is recorded but does not turn the 404 into a 401.
+        Route("/{path:path}", Governed(s, not_found, choose=surface_for, methods=None, identity="optional")),
     ]
     return GatewayApp(exact, Router(routes=routes, lifespan=lifespan), services)
 

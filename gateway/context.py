@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.types import Agent, AuditEvent, Decision, Principal, Usage
+from gateway.types import Agent, AuditEvent, Decision, Principal, Reservation, Usage
 
 
 @dataclass(slots=True)
@@ -30,6 +30,7 @@ class Exchange:
     usage: Usage = field(default_factory=Usage)
     policy_input: dict[str, Any] | None = None
     input_digest: str | None = None
+    reservation: Reservation | None = None  # settled by finish() with the real usage
 
     def _reasons(self) -> tuple[str, ...]:
         # A denial is explained by the policy; anything else by what went wrong.

@@ -6,18 +6,25 @@ Each surface renders a GatewayError in its client SDK's error format.
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     status: int = 500
     kind: str = "internal"  # surface-neutral category, mapped by each surface
     code: str | None = None
+    # The audit row's `decision` for a request that ends in this error; None keeps
+    # what the exchange had (an upstream failure after an allow stays an allow).
+    outcome: str | None = "error"
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, outcome: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if outcome is not None:
+            self.outcome = outcome
         self.param = param
         self.headers = headers or {}
 
@@ -31,11 +38,25 @@ class AuthenticationFailed(GatewayError):
 
 
 class PermissionDenied(GatewayError):
-    status, kind, code = 403, "permission", "policy_denied"
+    """A policy refusal (outcome deny). Other 403s (identity) use Forbidden."""
+    status, kind, code, outcome = 403, "permission", "policy_denied", "deny"
+
+
+class Forbidden(GatewayError):
+    """A 403 that is not a policy decision: a credential used outside its reach."""
+    status, kind, code = 403, "permission", "forbidden"
 
 
 class NotFound(GatewayError):
     status, kind, code = 404, "not_found", "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, kind, code = 405, "invalid_request", "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not supported on {path}; use {' or '.join(allowed)}",
+                         headers={"allow": ", ".join(allowed)})
 
 
 class PayloadTooLarge(GatewayError):
@@ -43,7 +64,12 @@ class PayloadTooLarge(GatewayError):
 
 
 class RateLimited(GatewayError):
-    status, kind, code = 429, "rate_limited", "rate_limit_exceeded"
+    """A limiter refusal; `limit` is the LimitResult each surface renders as its own headers."""
+    status, kind, code, outcome = 429, "rate_limited", "rate_limit_exceeded", "rate_limited"
+
+    def __init__(self, message: str, *, limit: object = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
 
 
 class Unavailable(GatewayError):
@@ -52,11 +78,11 @@ class Unavailable(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    status, kind, code = 502, "upstream", "upstream_error"
+    status, kind, code, outcome = 502, "upstream", "upstream_error", None
 
 
 class UpstreamTimeout(GatewayError):
-    status, kind, code = 504, "upstream_timeout", "upstream_timeout"
+    status, kind, code, outcome = 504, "upstream_timeout", "upstream_timeout", None
 
 
 class PolicyError(GatewayError):

@@ -69,19 +69,18 @@ def credential_headers(settings: UpstreamSettings) -> dict[str, str]:
     return {"x-api-key": key} if settings.provider == "anthropic" else {"authorization": f"Bearer {key}"}
 
 
-def outbound_headers(settings: UpstreamSettings, client: Mapping[str, str],
-                     base: Mapping[str, str] | None = None, creds: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The allowlisted client headers plus the provider's own credentials.
+def outbound_headers(client: Mapping[str, str], base: Mapping[str, str], creds: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's static headers, the allowlisted client headers, then its own credentials.
 
     `client` has lowercase names (ASGI), so the allowlist is looked up, not scanned.
     """
-    out = dict(static_headers(settings) if base is None else base)
+    out = dict(base)
     for k in FORWARDED_HEADERS:
         v = client.get(k)
         if v is not None:
             out[k] = v
     out["accept-encoding"] = "identity"  # SSE chunks must arrive as they are sent
-    out.update(credential_headers(settings) if creds is None else creds)
+    out.update(creds)
     return out
 
 
@@ -170,7 +169,7 @@ class HTTPUpstream(PooledEndpoint):
         try:
             resp = await self._session.request(
                 method, self._base + path, data=body or None,
-                headers=outbound_headers(self.settings, headers, self._base_headers, self._creds),
+                headers=outbound_headers(headers, self._base_headers, self._creds),
                 allow_redirects=False)
         except _MAPPED as e:
             raise mapped_error(e, self.name, "failed") from None

@@ -14,7 +14,7 @@ import orjson
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.protocols import ToolTransport
-from gateway.surfaces.base import SSESplitter, sse_data
+from gateway.sse import SSESplitter, sse_data
 from gateway.tools.catalog import ToolCatalog
 
 LEGACY_VERSION = "2025-06-18"

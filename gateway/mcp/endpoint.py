@@ -10,27 +10,23 @@ session-based (2025-06-18, 2025-11-25) and 2026-07-28 clients work alike.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import replace
 from typing import Any
 
-
+from gateway import sse
 from gateway.context import Exchange
-from gateway.errors import GatewayError, PermissionDenied, RateLimited
-from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
+from gateway.errors import GatewayError
+from gateway.exchange import Call
 from gateway.mcp import actions, jsonrpc, relay
 from gateway.mcp.jsonrpc import JSONRPCError, Message
 from gateway.mcp.sessions import SessionBindings
-from gateway.pipeline import Services, admit, finish
-from gateway.stages.limits import headers as limit_headers
+from gateway.services import Services
+from gateway.stages.admission import refuse_denied, reserve
+from gateway.stages.forward import timed, until_client_gone
 from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
 
-log = logging.getLogger("portcullis.mcp")
-
 _FORWARD = ("content-type", "accept", "last-event-id")
-_SSE = b"text/event-stream"
 
 
 def forward_headers(hdrs: dict[str, str], request_id: str) -> dict[str, str]:
@@ -49,56 +45,34 @@ def response_headers(hdrs: dict[str, str], request_id: str, extra: list[tuple[by
     return out + extra
 
 
-class MCPEndpoint:
+class MCPHandler:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.sessions = SessionBindings()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        s = self.s
-        ex = await admit(scope, send, surface, s)
-        if ex is None:
-            return
-        server = scope.get("path_params", {}).get("server", "")
+    async def __call__(self, call: Call) -> None:
+        s, ex, hdrs = self.s, call.ex, call.headers
+        server = call.scope.get("path_params", {}).get("server", "")
         ex.upstream, ex.resource_type, ex.resource_name = server[:200], "mcp_server", server[:200]
+        if server not in s.settings.tools.servers:
+            raise JSONRPCError(f"unknown MCP server {server!r}: this gateway serves "
+                               f"{', '.join(sorted(s.settings.tools.servers)) or 'none'}",
+                               jsonrpc.INVALID_REQUEST, status=404, code="unknown_server")
         msg: Message | None = None
-        reservation = None
-        try:
-            method = scope["method"]
-            if method not in ("POST", "GET", "DELETE"):
-                raise JSONRPCError(f"{method} is not supported on /mcp/{server}; use POST, GET or DELETE",
-                                   jsonrpc.INVALID_REQUEST, status=405)
-            body = await read_body(receive, s.settings.server.max_body_bytes, header(scope, b"content-length"))
-            hdrs = headers_dict(scope)
-            ex.agent, ex.principal = await s.identity.resolve(hdrs)
-            if server not in s.settings.tools.servers:
-                raise JSONRPCError(f"unknown MCP server {server!r}: this gateway serves "
-                                   f"{', '.join(sorted(s.settings.tools.servers)) or 'none'}",
-                                   jsonrpc.INVALID_REQUEST, status=404, code="unknown_server")
-            if method == "POST":
-                msg = jsonrpc.parse(body)
-                ex.action = actions.action_for(msg)
-                routed = hdrs.get("mcp-method")
-                if routed is not None and msg.method is not None and routed != msg.method:
-                    # 2026-07-28 mirrors the method in a header that intermediaries may route on:
-                    # a mismatch could make them and the policy see different requests.
-                    raise JSONRPCError(f"Mcp-Method header {routed!r} does not match the body's method "
-                                       f"{msg.method!r}", jsonrpc.HEADER_MISMATCH)
-            else:
-                ex.action = "mcp.stream" if method == "GET" else "mcp.session.close"
-            self._check_session(ex, server, hdrs.get("mcp-session-id"))
-            reservation, extra = await self._decide(ex, server, msg)
-            await self._forward(scope, receive, send, ex, server, msg, hdrs, body, extra)
-        except GatewayError as e:
-            await self._error(send, ex, e, msg)
-        except ClientGone:
-            ex.status, ex.error = 499, "client disconnected before sending the whole body"
-        except Exception as e:  # a bug: still answer, still audit
-            log.exception("internal error", extra={"request_id": ex.request_id})
-            ex.outcome = "error"
-            await self._error(send, ex, GatewayError(f"internal gateway error ({type(e).__name__})"), msg)
-        finally:
-            await finish(s, surface.NAME, ex, reservation)
+        if call.scope["method"] == "POST":
+            msg = call.rpc = jsonrpc.parse(call.body)
+            ex.action = actions.action_for(msg)
+            routed = hdrs.get("mcp-method")
+            if routed is not None and msg.method is not None and routed != msg.method:
+                # 2026-07-28 mirrors the method in a header that intermediaries may route on:
+                # a mismatch could make them and the policy see different requests.
+                raise JSONRPCError(f"Mcp-Method header {routed!r} does not match the body's method "
+                                   f"{msg.method!r}", jsonrpc.HEADER_MISMATCH)
+        else:
+            ex.action = "mcp.stream" if call.scope["method"] == "GET" else "mcp.session.close"
+        self._check_session(ex, server, hdrs.get("mcp-session-id"))
+        await self._decide(call, server, msg)
+        await self._forward(call, server, msg)
 
     def _check_session(self, ex: Exchange, server: str, sid: str | None) -> None:
         owner = self.sessions.owner(server, sid) if sid else None
@@ -107,12 +81,10 @@ class MCPEndpoint:
             ex.error = f"MCP session opened by agent {owner} used by agent {ex.agent.id}"
             raise JSONRPCError("session not found", jsonrpc.INVALID_REQUEST, status=404, code="session_not_found")
 
-    async def _decide(self, ex: Exchange, server: str, msg: Message | None) -> tuple[Any, list]:
-        """Decide the message (tools/list is decided per tool later); reserve its request.
-
-        Returns the reservation (None when nothing was reserved) and the rate-limit headers.
-        """
-        s, action = self.s, ex.action
+    async def _decide(self, call: Call, server: str, msg: Message | None) -> None:
+        """Decide the message (tools/list is decided per tool later); reserve its request."""
+        s, ex = self.s, call.ex
+        action = ex.action
         assert ex.agent is not None and ex.principal is not None and action is not None and s.tools is not None
         params = msg.params if msg is not None else {}
         if action == "tool.call":
@@ -132,70 +104,54 @@ class MCPEndpoint:
             ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input)
         # A refused listing is still forwarded, and its answer emptied: the result keeps the
         # shape the client's protocol version expects (2026-07-28 adds cache fields).
-        if not ex.decision.allow and action != "tool.list":
-            ex.outcome = "deny"
-            raise PermissionDenied("; ".join(ex.decision.reasons) or "denied by policy",
-                                   code="tool_not_allowed" if action == "tool.call" else "policy_denied")
-        ex.outcome = "allow" if ex.decision.allow else "deny"
+        if action != "tool.list":
+            refuse_denied(call, code="tool_not_allowed" if action == "tool.call" else "policy_denied")
         if action in actions.HOUSEKEEPING or not ex.decision.allow:
-            return None, []
-        try:
-            lim = await s.limits.reserve(ex.agent.id, ex.decision, 0)
-        except RateLimited:
-            ex.outcome = "rate_limited"
-            raise
-        return lim.reservation, limit_headers(lim)
+            ex.outcome = "allow" if ex.decision.allow else "deny"
+            return
+        await reserve(s, call, 0)
 
-    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, ex: Exchange, server: str,
-                       msg: Message | None, hdrs: dict[str, str], body: bytes, extra: list) -> None:
+    async def _forward(self, call: Call, server: str, msg: Message | None) -> None:
+        ex, send, hdrs = call.ex, call.send, call.headers
         on_response = self._on_response(ex, server, msg)
-        t = asyncio.get_running_loop().time()
-        resp = await self.s.tool_transports[server].send(scope["method"], body,
-                                                         forward_headers(hdrs, ex.request_id))
-        try:
-            ex.status = resp.status
-            sid = resp.headers.get("mcp-session-id")
-            if sid and msg is not None and msg.method == "initialize" and resp.status < 400:
-                self.sessions.bind(server, sid, ex.agent.id)
-            elif ex.action == "mcp.session.close" and resp.status < 400 and "mcp-session-id" in hdrs:
-                self.sessions.end(server, hdrs["mcp-session-id"])
-            if resp.status >= 400:
-                ex.error = f"MCP server {server} answered {resp.status}"
-            rh = response_headers(resp.headers, ex.request_id, extra)
-            if resp.headers.get("content-type", "").encode().startswith(_SSE):
-                ex.stream = True
-                await send({"type": "http.response.start", "status": resp.status, "headers": rh})
-                await self._pump(send, receive, resp, ex, msg, on_response)
-            else:
-                data = await resp.read()
-                if on_response is not None and data:
-                    data = await relay.edit_json(data, msg.id, on_response)
-                await send({"type": "http.response.start", "status": resp.status,
-                            "headers": [*rh, (b"content-length", str(len(data)).encode())]})
-                await send({"type": "http.response.body", "body": data})
-        finally:
-            ex.upstream_ms = (asyncio.get_running_loop().time() - t) * 1000.0
-            await resp.aclose()
+        async with timed(ex):
+            resp = await self.s.tool_transports[server].send(call.scope["method"], call.body,
+                                                             forward_headers(hdrs, ex.request_id))
+            try:
+                ex.status = resp.status
+                sid = resp.headers.get("mcp-session-id")
+                if sid and msg is not None and msg.method == "initialize" and resp.status < 400:
+                    self.sessions.bind(server, sid, ex.agent.id)
+                elif ex.action == "mcp.session.close" and resp.status < 400 and "mcp-session-id" in hdrs:
+                    self.sessions.end(server, hdrs["mcp-session-id"])
+                if resp.status >= 400:
+                    ex.error = f"MCP server {server} answered {resp.status}"
+                rh = response_headers(resp.headers, ex.request_id, call.extra)
+                if resp.headers.get("content-type", "").encode().startswith(sse.CONTENT_TYPE):
+                    ex.stream = True
+                    await send({"type": "http.response.start", "status": resp.status, "headers": rh})
+                    await self._pump(call, resp, msg, on_response)
+                else:
+                    data = await resp.read()
+                    if on_response is not None and data:
+                        data = await relay.edit_json(data, msg.id, on_response)
+                    await send({"type": "http.response.start", "status": resp.status,
+                                "headers": [*rh, (b"content-length", str(len(data)).encode())]})
+                    await send({"type": "http.response.body", "body": data})
+            finally:
+                await resp.aclose()
 
-    async def _pump(self, send: Any, receive: Any, resp: Any, ex: Exchange, msg: Message | None,
-                    on_response: relay.OnResponse | None) -> None:
-        pump = asyncio.ensure_future(relay.pump_sse(send, resp, msg.id if msg else None, on_response))
-        gone = asyncio.ensure_future(receive())  # only http.disconnect can come now
+    async def _pump(self, call: Call, resp: Any, msg: Message | None, on_response: relay.OnResponse | None) -> None:
+        ex = call.ex
         try:
-            done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-            if pump not in done:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-                if ex.action != "mcp.stream":  # a GET stream ends when its client leaves
-                    ex.error = "client disconnected mid-stream"
-            else:
-                try:
-                    pump.result()
-                except GatewayError as e:
-                    ex.error = f"MCP server failed mid-stream: {e.message}"
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            gone.cancel()
+            left = await until_client_gone(call.receive,
+                                           relay.pump_sse(call.send, resp, msg.id if msg else None, on_response))
+        except GatewayError as e:
+            ex.error = f"MCP server failed mid-stream: {e.message}"
+            await call.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if left and ex.action != "mcp.stream":  # a GET stream ends when its client leaves
+            ex.error = "client disconnected mid-stream"
 
     def _on_response(self, ex: Exchange, server: str, msg: Message | None) -> relay.OnResponse | None:
         if msg is None or msg.kind != "request":
@@ -232,20 +188,3 @@ class MCPEndpoint:
         if "cacheScope" in result:  # 2026-07-28: this answer is per agent, never shared
             filtered["cacheScope"] = "private"
         return {**obj, "result": filtered}
-
-    async def _error(self, send: Any, ex: Exchange, err: GatewayError, msg: Message | None) -> None:
-        if ex.error is None and ex.outcome != "deny":
-            ex.error = err.message
-        reasons = tuple(ex.decision.reasons) if ex.outcome == "deny" and ex.decision else ()
-        # A refused request is still a well-formed JSON-RPC exchange: HTTP 200 with an error
-        # object, which MCP clients raise as McpError. Transport-level failures (bad
-        # credentials, unknown server, bad JSON) keep their HTTP status.
-        status = 200 if msg is not None and msg.kind == "request" and err.status in (403, 429, 502, 503, 504) \
-            else err.status
-        if msg is not None and msg.kind != "request" and err.status in (502, 503, 504):
-            status = err.status
-        body = surface.error_body(err, ex.request_id, msg.id if msg is not None and msg.kind == "request" else None,
-                                  reasons)
-        hdrs = [(b"x-request-id", ex.request_id.encode()), *((k.encode(), v.encode()) for k, v in err.headers.items())]
-        ex.status = status  # what the client got; the decision column says why
-        await send_bytes(send, status, body, hdrs)

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from gateway.protocols import UpstreamResponse
-from gateway.surfaces.base import SSESplitter
+from gateway.sse import SSESplitter, data_lines
 
 # Returns a replacement for the response object, or None to pass it on unchanged.
 OnResponse = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -35,12 +35,11 @@ async def edit_json(raw: bytes, msg_id: Any, on_response: OnResponse) -> bytes:
 
 
 async def edit_event(event: bytes, msg_id: Any, on_response: OnResponse) -> bytes:
-    lines = event.rstrip(b"\n").split(b"\n")
-    data = [ln[5:].lstrip() for ln in lines if ln.startswith(b"data:")]
-    if not data:
+    data = data_lines(event)
+    if data is None:
         return event
     try:
-        obj = orjson.loads(b"\n".join(data))
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return event
     if not _answers(obj, msg_id):
@@ -49,7 +48,7 @@ async def edit_event(event: bytes, msg_id: Any, on_response: OnResponse) -> byte
     if new is None:
         return event
     # Keep the event's other fields (id, event, retry): resumability depends on the id.
-    kept = [ln for ln in lines if not ln.startswith(b"data:")]
+    kept = [ln for ln in event.rstrip(b"\n").split(b"\n") if not ln.startswith(b"data:")]
     return b"\n".join([*kept, b"data: " + orjson.dumps(new)]) + b"\n\n"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from gateway.directory import AgentDirectory
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, Forbidden
 from gateway.protocols import IdentitySource
 from gateway.settings import ConfigError
 from gateway.types import Agent, Principal
@@ -48,32 +48,24 @@ class IdentityResolver:
     def __init__(self, sources: Sequence[IdentitySource], directory: AgentDirectory,
                  anonymous_agent: str | None = None) -> None:
         self._sources = tuple(sources)
-        self._directory = directory
-        self._anonymous: Agent | None = None
-        if anonymous_agent is not None:
-            agent = directory.agent(anonymous_agent)
-            if agent is None:
-                raise ConfigError([("identity.anonymous_agent",
-                                    f"unknown agent {anonymous_agent!r}")])
-            self._anonymous = agent
+        self._directory = directory  # shared and swapped whole on reload: look agents up per request
+        self._anonymous = anonymous_agent
+        self.check_directory(directory)
 
     @property
     def directory(self) -> AgentDirectory:
         return self._directory
 
-    async def start(self) -> None:
-        for source in self._sources:
-            await source.start()
-
-    async def aclose(self) -> None:
-        for source in self._sources:
-            await source.aclose()
+    def check_directory(self, directory: AgentDirectory) -> None:
+        """ConfigError if `directory` lacks what the settings name (a reload must not drop it)."""
+        if self._anonymous is not None and directory.agent(self._anonymous) is None:
+            raise ConfigError([("identity.anonymous_agent", f"unknown agent {self._anonymous!r}")])
 
     async def resolve(self, headers: Mapping[str, str]) -> tuple[Agent, Principal]:
         """The acting agent and the principal behind it.
 
         Raises AuthenticationFailed (401) for missing or invalid credentials and
-        PermissionDenied (403) when the agent cannot be used by this credential.
+        Forbidden (403) when the agent cannot be used by this credential.
         """
         requested = (headers.get("x-agent-id") or "").strip() or None
         token = credential(headers)
@@ -92,7 +84,7 @@ class IdentityResolver:
         raise AuthenticationFailed("invalid API key or token")
 
     def _anonymous_identity(self, requested: str | None) -> tuple[Agent, Principal]:
-        agent = self._anonymous
+        agent = self._directory.agent(self._anonymous) if self._anonymous is not None else None
         # Asking for a specific other agent needs a credential; say so rather
         # than silently acting as the anonymous agent.
         if agent is None or (requested is not None and requested != agent.id):
@@ -105,19 +97,19 @@ class IdentityResolver:
         pinned = principal.agent
         if requested is not None:
             if pinned is not None and requested != pinned.id:
-                raise PermissionDenied(
+                raise Forbidden(
                     f"credential is pinned to agent {pinned.id}; "
                     f"X-Agent-Id {_show(requested)} is not allowed")
             if pinned is None:
                 agent = self._directory.agent(requested)
                 if agent is None or agent.workspace != ws:
-                    raise PermissionDenied(f"agent {_show(requested)} is not in workspace {ws}")
+                    raise Forbidden(f"agent {_show(requested)} is not in workspace {ws}")
                 return agent
         if pinned is not None:
             return pinned
         default = self._directory.default_agent(ws)
         if default is None:
-            raise PermissionDenied(f"workspace {ws} has no default agent; send X-Agent-Id")
+            raise Forbidden(f"workspace {ws} has no default agent; send X-Agent-Id")
         return default
 
     def _check_usable(self, agent: Agent, workspace: str) -> None:
@@ -125,6 +117,6 @@ class IdentityResolver:
         # directory's workspace and revoked flag win over the token's claims.
         known = self._directory.agent(agent.id)
         if known is not None and known.workspace != workspace:
-            raise PermissionDenied(f"agent {agent.id} is not in workspace {workspace}")
+            raise Forbidden(f"agent {agent.id} is not in workspace {workspace}")
         if agent.revoked or (known is not None and known.revoked):
-            raise PermissionDenied(f"agent {agent.id} is revoked")
+            raise Forbidden(f"agent {agent.id} is revoked")

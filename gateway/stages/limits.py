@@ -15,29 +15,6 @@ def limits_from(decision: Decision) -> Limits:
     return Limits(int(rpm) if rpm else None, int(tpm) if tpm else None)
 
 
-def _duration(seconds: float) -> str:
-    # OpenAI's reset format: "20ms", "1.5s", "6m0s".
-    if seconds < 1:
-        return f"{max(0, int(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s}s"
-
-
-def headers(r: LimitResult) -> list[tuple[bytes, bytes]]:
-    h: list[tuple[bytes, bytes]] = []
-    if r.limit_requests is not None:
-        h += [(b"x-ratelimit-limit-requests", str(r.limit_requests).encode()),
-              (b"x-ratelimit-remaining-requests", str(r.remaining_requests).encode()),
-              (b"x-ratelimit-reset-requests", _duration(r.reset_requests_s or 0).encode())]
-    if r.limit_tokens is not None:
-        h += [(b"x-ratelimit-limit-tokens", str(r.limit_tokens).encode()),
-              (b"x-ratelimit-remaining-tokens", str(r.remaining_tokens).encode()),
-              (b"x-ratelimit-reset-tokens", _duration(r.reset_tokens_s or 0).encode())]
-    return h
-
-
 class LimitStage:
     def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
         self._limiter = limiter
@@ -54,8 +31,7 @@ class LimitStage:
         if r.allowed:
             return r
         self._metrics.rate_limited.labels(r.reason).inc()
-        hdrs = {k.decode(): v.decode() for k, v in headers(r)}
-        hdrs["retry-after"] = str(max(1, math.ceil(r.retry_after_s)))
+        hdrs = {"retry-after": str(max(1, math.ceil(r.retry_after_s)))}
         if r.reason == "request_too_large":
             msg = (f"request needs about {tokens} tokens, more than the {r.limit_tokens} "
                    f"tokens per minute allowed for agent {agent_id}")
@@ -66,7 +42,7 @@ class LimitStage:
             msg = (f"rate limit reached for agent {agent_id}: requests per minute limit "
                    f"{r.limit_requests}, retry after {hdrs['retry-after']}s")
         raise RateLimited(msg, code=r.reason if r.reason == "request_too_large" else "rate_limit_exceeded",
-                          headers=hdrs)
+                          headers=hdrs, limit=r)
 
     async def settle(self, reservation: Reservation | None, usage: Usage) -> None:
         if reservation is None:

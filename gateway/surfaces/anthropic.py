@@ -1,12 +1,16 @@
 """Anthropic Messages surface: request parsing, usage capture, error format."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.surfaces.base import (Parsed, SSESplitter, load_json_object, optional_int, require_model,
-                                   sse_data, usage_object)
-from gateway.types import Usage
+from gateway import sse
+from gateway.sse import SSESplitter, sse_data
+from gateway.surfaces.base import Headers, Parsed, load_json_object, optional_int, require_model, usage_object
+from gateway.types import LimitResult, Usage
 
 NAME = "anthropic"
 
@@ -38,6 +42,36 @@ def parse(path: str, raw: bytes) -> Parsed:
                   raw=raw, max_output=max_tokens, max_field="max_tokens")
 
 
+def id_headers(request_id: str) -> Headers:
+    # The anthropic SDK reads `request-id` (APIError.request_id); keep ours too.
+    rid = request_id.encode()
+    return [(b"x-request-id", rid), (b"request-id", rid)]
+
+
+def _reset_at(seconds: float | None) -> bytes:
+    # Anthropic sends resets as RFC 3339 instants, not durations.
+    at = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, seconds or 0.0))
+    return at.isoformat(timespec="seconds").replace("+00:00", "Z").encode()
+
+
+def limit_headers(r: LimitResult) -> Headers:
+    """Anthropic's anthropic-ratelimit-* names, which its SDK and clients read."""
+    h: Headers = []
+    if r.limit_requests is not None:
+        h += [(b"anthropic-ratelimit-requests-limit", str(r.limit_requests).encode()),
+              (b"anthropic-ratelimit-requests-remaining", str(r.remaining_requests).encode()),
+              (b"anthropic-ratelimit-requests-reset", _reset_at(r.reset_requests_s))]
+    if r.limit_tokens is not None:
+        h += [(b"anthropic-ratelimit-tokens-limit", str(r.limit_tokens).encode()),
+              (b"anthropic-ratelimit-tokens-remaining", str(r.remaining_tokens).encode()),
+              (b"anthropic-ratelimit-tokens-reset", _reset_at(r.reset_tokens_s))]
+    return h
+
+
+def error_response(err: GatewayError, call: Any) -> tuple[int, bytes]:
+    return err.status, error_body(err, call.ex.request_id)
+
+
 def error_body(err: GatewayError, request_id: str) -> bytes:
     return orjson.dumps({
         "type": "error",
@@ -47,7 +81,7 @@ def error_body(err: GatewayError, request_id: str) -> bytes:
 
 
 def stream_error_event(err: GatewayError, request_id: str) -> bytes:
-    return b"event: error\ndata: " + error_body(err, request_id) + b"\n\n"
+    return sse.event(error_body(err, request_id), b"error")
 
 
 def usage_from_body(raw: bytes) -> Usage:

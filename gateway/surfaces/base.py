@@ -2,12 +2,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from gateway.errors import InvalidRequest
-from gateway.types import Usage
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.types import LimitResult, Usage
+
+if TYPE_CHECKING:
+    from gateway.exchange import Call
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Surface(Protocol):
+    """How one client-facing API speaks: its error format and its response headers."""
+    NAME: str
+
+    def error_body(self, err: GatewayError, request_id: str) -> bytes: ...
+    def error_response(self, err: GatewayError, call: "Call") -> tuple[int, bytes]: ...
+    def id_headers(self, request_id: str) -> Headers: ...
+    def limit_headers(self, r: LimitResult) -> Headers: ...
+
+
+class LLMSurface(Surface, Protocol):
+    """A surface the LLM endpoint forwards: parses bodies, reads usage, frames stream errors."""
+    ACTIONS: dict[str, str]
+
+    def parse(self, path: str, raw: bytes) -> "Parsed": ...
+    def usage_from_body(self, raw: bytes) -> Usage: ...
+    def stream_error_event(self, err: GatewayError, request_id: str) -> bytes: ...
+    def Tap(self, parsed: "Parsed") -> Any: ...  # noqa: N802 - a class: feed(chunk), finish(), usage
+
+
+def request_id_header(request_id: str) -> Headers:
+    return [(b"x-request-id", request_id.encode())]
 
 
 @dataclass(slots=True)
@@ -73,50 +102,3 @@ def optional_int(body: dict[str, Any], field: str) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise InvalidRequest(f"{field} must be a positive integer", param=field)
     return v
-
-
-class StreamTap(Protocol):
-    """Sees a stream's bytes on the way through: records usage, may drop events."""
-    usage: Usage
-
-    def feed(self, chunk: bytes) -> bytes: ...
-    def finish(self) -> bytes: ...
-
-
-class SSESplitter:
-    """Cuts a byte stream into complete SSE events without waiting for the end.
-
-    Only whole events are handed on, so a tap can inspect or drop one; the
-    bytes of an event still arriving are held until its blank line comes.
-    """
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def events(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r\n" in buf:  # normalise CRLF framing, which the SSE spec allows
-            buf = buf.replace(b"\r\n", b"\n")
-        parts = buf.split(b"\n\n")
-        self._buf = parts.pop()
-        return [p + b"\n\n" for p in parts]
-
-    def rest(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return rest
-
-
-def sse_data(event: bytes) -> dict[str, Any] | None:
-    """The JSON object in an event's data lines, or None."""
-    lines = [ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
-    if not lines:
-        return None
-    data = b"\n".join(lines)
-    if data == b"[DONE]":
-        return None
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None

@@ -9,6 +9,10 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.mcp import jsonrpc
+from gateway.surfaces.base import request_id_header
+from gateway.surfaces.openai import limit_headers
+
+__all__ = ["NAME", "error_body", "error_response", "id_headers", "limit_headers"]
 
 NAME = "mcp"
 
@@ -28,3 +32,17 @@ def rpc_code(err: GatewayError) -> int:
 
 def error_body(err: GatewayError, request_id: str, msg_id: Any = None, reasons: tuple[str, ...] = ()) -> bytes:
     return jsonrpc.error_response(msg_id, rpc_code(err), err.message, error_data(err, request_id, reasons))
+
+
+id_headers = request_id_header
+
+
+def error_response(err: GatewayError, call: Any) -> tuple[int, bytes]:
+    """A refused request is still a well-formed JSON-RPC exchange: HTTP 200 with an error
+    object, which MCP clients raise as McpError. Transport-level failures (bad
+    credentials, unknown server, bad JSON) and refused notifications keep their HTTP status."""
+    msg, ex = call.rpc, call.ex
+    request = msg is not None and msg.kind == "request"
+    status = 200 if request and err.status in (403, 429, 502, 503, 504) else err.status
+    reasons = tuple(ex.decision.reasons) if ex.outcome == "deny" and ex.decision else ()
+    return status, error_body(err, ex.request_id, msg.id if request else None, reasons)

@@ -6,9 +6,11 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.surfaces.base import (Parsed, SSESplitter, load_json_object, optional_int, require_model,
-                                   sse_data, usage_object)
-from gateway.types import Usage
+from gateway import sse
+from gateway.sse import SSESplitter, sse_data
+from gateway.surfaces.base import (Headers, Parsed, load_json_object, optional_int, request_id_header, require_model,
+                                   usage_object)
+from gateway.types import LimitResult, Usage
 
 NAME = "openai"
 
@@ -69,6 +71,37 @@ def parse(path: str, raw: bytes) -> Parsed:
     return p
 
 
+def _duration(seconds: float) -> str:
+    # OpenAI's reset format: "20ms", "1.5s", "6m0s".
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s}s"
+
+
+def limit_headers(r: LimitResult) -> Headers:
+    """OpenAI's x-ratelimit-* names (DESIGN contract 3)."""
+    h: Headers = []
+    if r.limit_requests is not None:
+        h += [(b"x-ratelimit-limit-requests", str(r.limit_requests).encode()),
+              (b"x-ratelimit-remaining-requests", str(r.remaining_requests).encode()),
+              (b"x-ratelimit-reset-requests", _duration(r.reset_requests_s or 0).encode())]
+    if r.limit_tokens is not None:
+        h += [(b"x-ratelimit-limit-tokens", str(r.limit_tokens).encode()),
+              (b"x-ratelimit-remaining-tokens", str(r.remaining_tokens).encode()),
+              (b"x-ratelimit-reset-tokens", _duration(r.reset_tokens_s or 0).encode())]
+    return h
+
+
+id_headers = request_id_header
+
+
+def error_response(err: GatewayError, call: Any) -> tuple[int, bytes]:
+    return err.status, error_body(err, call.ex.request_id)
+
+
 def error_body(err: GatewayError, request_id: str) -> bytes:
     return orjson.dumps({"error": {
         "message": err.message,
@@ -80,7 +113,7 @@ def error_body(err: GatewayError, request_id: str) -> bytes:
 
 
 def stream_error_event(err: GatewayError, request_id: str) -> bytes:
-    return b"data: " + error_body(err, request_id) + b"\n\n"
+    return sse.event(error_body(err, request_id))
 
 
 def usage_from_body(raw: bytes) -> Usage:

@@ -1,7 +1,6 @@
 """Bad input and failing upstreams: precise statuses in the client's format, always audited."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -10,6 +9,7 @@ import openai
 import pytest
 
 from tests.support.harness import KEYS
+from tests.support.waiting import eventually_async
 
 MSG = [{"role": "user", "content": "hi"}]
 SECRET = "test-hs256-secret-that-is-long-enough-0123456789"
@@ -75,8 +75,6 @@ def test_unknown_route_is_404_and_audited(gateway):
     assert body["code"] == "unknown_route" and row["agent_id"] == "builder"
     r = httpx.get(gateway.url + "/v1/messages/nope", headers={"anthropic-version": "2023-06-01"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    r = httpx.get(gateway.url + "/v1/chat/completions", headers={"authorization": "Bearer " + KEYS["builder"]})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_x_agent_id_outside_workspace_or_pinned_key_is_403(gateway):
@@ -175,9 +173,5 @@ async def test_client_disconnect_mid_stream_is_recorded(gateway):
             rid = r.headers["x-request-id"]
             async for _ in r.aiter_bytes():
                 break  # read one chunk, then hang up while the upstream stalls
-    for _ in range(200):
-        rows = [r for r in gateway.audit_rows() if r["request_id"] == rid]
-        if rows:
-            break
-        await asyncio.sleep(0.05)
-    assert rid not in before and rows and rows[0]["error"] == "client disconnected mid-stream"
+    [row] = await eventually_async(lambda: gateway.audit_rows("request_id = ?", (rid,)), f"the audit row of {rid}")
+    assert rid not in before and row["error"] == "client disconnected mid-stream"

@@ -1,0 +1,154 @@
+"""One governed exchange: the pure-ASGI shell around every audited endpoint.
+
+The shell owns what every surface shares: an audit queue slot before any work,
+the method check (405 with Allow), the body, the caller's identity, errors
+rendered in the surface's own format, and `finish()` (settle, one audit row,
+metrics, a log line for failures). An endpoint supplies only a handler that
+answers through `call.send` or raises a GatewayError, whose `outcome` becomes
+the audit row's decision.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from gateway.context import Exchange
+from gateway.errors import GatewayError, MethodNotAllowed, RateLimited, Unavailable
+from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
+from gateway.services import Services
+from gateway.surfaces.base import Surface
+
+log = logging.getLogger("portcullis.exchange")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as a handler sees it."""
+    scope: dict[str, Any]
+    receive: Any
+    send: Any
+    ex: Exchange
+    surface: Surface
+    headers: dict[str, str]
+    body: bytes
+    rpc: Any = None  # MCP: the JSON-RPC message being answered (its id shapes errors)
+    extra: Headers = field(default_factory=list)  # rate-limit headers, sent with any answer
+
+    def response_headers(self) -> Headers:
+        return [*self.surface.id_headers(self.ex.request_id), *self.extra]
+
+
+Handler = Callable[[Call], Awaitable[None]]
+
+
+def client_ip(scope: dict[str, Any], trust_forwarded: bool) -> str | None:
+    if trust_forwarded:
+        xff = header(scope, b"x-forwarded-for")
+        if xff:
+            return xff.split(",")[0].strip()
+    c = scope.get("client")
+    return c[0] if c else None
+
+
+class Governed:
+    """Runs `handler` for one route under the shared lifecycle.
+
+    `choose` picks the surface per request instead of a fixed `surface` (model
+    listings and unknown routes answer in the caller's SDK format). With `identity`
+    "optional", a bad or missing credential is recorded but not refused.
+    """
+
+    def __init__(self, services: Services, handler: Handler, *, surface: Surface | None = None,
+                 choose: Callable[[dict[str, Any]], Surface] | None = None,
+                 methods: tuple[str, ...] | None = ("POST",), identity: str = "required") -> None:
+        assert (surface is None) != (choose is None), "give a surface or a way to choose one"
+        self.s = services
+        self._surface = surface
+        self._choose = choose
+        self.handler = handler
+        self.methods = methods
+        self.identity_required = identity == "required"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        s = self.s
+        surface = self._surface or self._choose(scope)  # type: ignore[misc]
+        ex = Exchange(request_id=s.request_ids(), api=surface.NAME,
+                      client_ip=client_ip(scope, s.settings.server.trust_forwarded_for))
+        try:  # an audit queue slot first: nothing is admitted unaudited
+            await s.audit.admit()
+        except Unavailable as err:
+            log.error("refused: %s", err.message, extra={"request_id": ex.request_id})
+            s.metrics.count_request(surface.NAME, "refused", 503)
+            await send_bytes(send, 503, surface.error_body(err, ex.request_id), surface.id_headers(ex.request_id))
+            return
+        call = Call(scope, receive, send, ex, surface, {}, b"")
+        try:
+            if self.methods is not None and scope["method"] not in self.methods:
+                raise MethodNotAllowed(scope["method"], scope["path"][:200], self.methods)
+            call.body = await read_body(receive, s.settings.server.max_body_bytes, header(scope, b"content-length"))
+            call.headers = headers_dict(scope)
+            try:
+                ex.agent, ex.principal = await s.identity.resolve(call.headers)
+            except GatewayError:
+                if self.identity_required:
+                    raise  # else: who asked is worth recording, but e.g. a 404 must not become a 401
+            await self.handler(call)
+        except GatewayError as e:
+            if e.outcome is not None:
+                ex.outcome = e.outcome
+            await send_error(call, e)
+        except ClientGone:
+            ex.status, ex.error = 499, "client disconnected before sending the whole body"
+        except Exception as e:  # a bug: still answer, still audit
+            log.exception("internal error", extra={"request_id": ex.request_id})
+            ex.outcome = "error"
+            await send_error(call, GatewayError(f"internal gateway error ({type(e).__name__})"))
+        finally:
+            await finish(s, surface.NAME, ex)
+
+
+async def send_error(call: Call, err: GatewayError) -> None:
+    ex = call.ex
+    if ex.error is None and ex.outcome != "deny":
+        ex.error = err.message
+    status, body = call.surface.error_response(err, call)
+    ex.status = status  # what the client got; the decision column says why
+    hdrs = call.response_headers()
+    if isinstance(err, RateLimited) and err.limit is not None:
+        hdrs += call.surface.limit_headers(err.limit)
+    hdrs += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    await send_bytes(call.send, status, body, hdrs)
+
+
+async def finish(s: Services, surface: str, ex: Exchange) -> None:
+    """Every request's last step, whatever happened: settle, one audit row, metrics."""
+    if ex.reservation is not None:
+        try:
+            await s.limits.settle(ex.reservation, ex.usage)
+        except Exception:
+            log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
+    s.audit.submit(ex.audit_event())
+    observe(s, surface, ex)
+
+
+def observe(s: Services, surface: str, ex: Exchange) -> None:
+    """Metrics for every request; a log line for failures (refusals at DEBUG).
+
+    Every request is in the audit log. Logging each policy or limit refusal too
+    would put a log write on the hot path exactly when an agent misbehaves at rate.
+    """
+    failed = ex.status >= 500 or (ex.status < 400 and ex.error is not None)  # 4xx: the client's
+    level = logging.WARNING if failed else logging.DEBUG
+    if (ex.status >= 400 or ex.error) and log.isEnabledFor(level):
+        log.log(level, "request failed" if failed else "request refused", extra={
+            "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
+            "action": ex.action, "resource": ex.resource_name, "decision": ex.outcome,
+            "status": ex.status, "error": ex.error})
+    m = s.metrics
+    m.count_request(surface, ex.outcome, ex.status)
+    if ex.upstream_ms is not None:
+        m.observe_upstream(ex.upstream or "", ex.upstream_ms / 1000.0)
+        m.overhead.observe(max(0.0, ex.elapsed_ms() - ex.upstream_ms) / 1000.0)
