@@ -17,6 +17,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--with-litellm", action="store_true", help="also measure LiteLLM's proxy (installs it once)")
     r.add_argument("--repeat", type=int, default=1,
                    help="runs per scenario, best kept (use 2-3 on a shared, noisy machine)")
+    r.add_argument("--baseline-ref", metavar="REV",
+                   help="also measure the governed gateway as it was at git revision REV (a sha, main~3, a tag), "
+                        "from a temporary worktree, in the same run: before and after side by side")
     r.add_argument("--keep", action="store_true", help="keep the temp work directory (configs, logs)")
 
     m = sub.add_parser("micro", help="policy decision, audit writer and rate limiter microbenchmarks")

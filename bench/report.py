@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+BASELINE_PREFIX = "governed@"  # `bench run --baseline-ref REV` adds the target governed@<short sha>
+
 # (key, label, comparison, threshold). Targets, reported as met / not met; never asserted.
 RUN_BUDGET: tuple[tuple[str, str, str, float], ...] = (
     ("governed_vs_bare", "embedded governed throughput / bare proxy", ">=", 0.75),
@@ -90,9 +92,62 @@ def summarize(results: dict[str, Any], concurrency: int) -> dict[str, Any]:
                                               _get(results, "governed", st, "cpu_us_per_req"))
     s["fleet_vs_bare_cpu"] = _ratio(cpu["bare"], cpu["fleet"])
     s["governed_vs_litellm_cpu"] = _ratio(cpu["litellm"], cpu["governed"])
+    for b in baselines(results):
+        s.update(_baseline_keys(results, b, concurrency))
     s["budget"] = verdicts(s, RUN_BUDGET)
     s["results"] = results
     return s
+
+
+def baselines(results: dict[str, Any]) -> list[str]:
+    """The governed@REV targets that were measured."""
+    return [t for t, r in results.items() if t.startswith(BASELINE_PREFIX) and r.get("status") == "ok"]
+
+
+def _baseline_keys(results: dict[str, Any], b: str, concurrency: int) -> dict[str, Any]:
+    """governed (working tree) against governed@REV, and governed@REV against bare, as for the other
+    targets: throughput ratios, and CPU-basis ratios (the other's CPU/req ÷ this one's)."""
+    cc = f"chat_c{concurrency}"
+    out: dict[str, Any] = {
+        f"{b}_rps": _get(results, b, cc, "rps"),
+        f"{b}_overhead_c1_ms": _minus(_get(results, b, "chat_c1", "p50_ms"),
+                                      _get(results, "direct", "chat_c1", "p50_ms")),
+        f"{b}_rss_mb": results[b].get("rss_mb"),
+        f"{b}_cpu_us_per_req": _get(results, b, cc, "cpu_us_per_req"),
+    }
+    for prefix, label in (("", cc), ("stream_", f"stream_c{concurrency}")):
+        rps = {t: _get(results, t, label, "rps") for t in ("bare", "governed", b)}
+        cpu = {t: _get(results, t, label, "cpu_us_per_req") for t in ("bare", "governed", b)}
+        out[f"{prefix}{b}_vs_bare"] = _ratio(rps[b], rps["bare"])
+        out[f"{prefix}governed_vs_{b}"] = _ratio(rps["governed"], rps[b])
+        out[f"{prefix}{b}_vs_bare_cpu"] = _ratio(cpu["bare"], cpu[b])
+        out[f"{prefix}governed_vs_{b}_cpu"] = _ratio(cpu[b], cpu["governed"])
+    return out
+
+
+def ratio_keys(bs: list[str]) -> list[str]:
+    """The ratio table's rows; each governed@REV pair right after the governed ratio it pairs with."""
+    def pair(prefix: str, suffix: str) -> list[str]:
+        return [k for b in bs for k in (f"{prefix}{b}_vs_bare{suffix}", f"{prefix}governed_vs_{b}{suffix}")]
+
+    return ["governed_vs_bare", *pair("", ""), "stream_governed_vs_bare", *pair("stream_", ""),
+            "deny_mix_vs_bare", "cold_mix_vs_bare", "fleet_vs_bare", "governed_vs_litellm",
+            "governed_vs_bare_cpu", *pair("", "_cpu"), "stream_governed_vs_bare_cpu", *pair("stream_", "_cpu"),
+            "fleet_vs_bare_cpu", "governed_vs_litellm_cpu"]
+
+
+def side_by_side(results: dict[str, Any], b: str) -> list[str]:
+    """Per scenario: governed (working tree) next to governed@REV, from the same run."""
+    lines = [f"| scenario | governed req/s | {b} req/s | governed / {b} | governed CPU µs/req "
+             f"| {b} CPU µs/req | governed / {b}, CPU basis |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, v in results.get("governed", {}).items():
+        if not isinstance(v, dict):
+            continue
+        rps = (v["rps"], _get(results, b, label, "rps"))
+        cpu = (v.get("cpu_us_per_req"), _get(results, b, label, "cpu_us_per_req"))
+        lines.append(f"| {label} | {rps[0]:,.0f} | {_fmt(rps[1], ',.0f')} | {_fmt(_ratio(*rps), '.3f')} | "
+                     f"{_fmt(cpu[0], '.0f')} | {_fmt(cpu[1], '.0f')} | {_fmt(_ratio(cpu[1], cpu[0]), '.3f')} |")
+    return lines
 
 
 def verdicts(values: dict[str, Any], budget: tuple[tuple[str, str, str, float], ...]) -> list[dict[str, Any]]:
@@ -154,10 +209,10 @@ def table(results: dict[str, Any], s: dict[str, Any], concurrency: int) -> str:
                          f"{_fmt(added, '+.3f')} | {share:.0%} | {_fmt(v.get('cpu_us_per_req'), '.0f')} | "
                          f"{_fmt(rss, '.0f')} |")
             first = False
+    for b in baselines(results):
+        lines += ["", *side_by_side(results, b)]
     lines += ["", "| ratio (same run) | value |", "|---|---:|"]
-    for key in ("governed_vs_bare", "stream_governed_vs_bare", "deny_mix_vs_bare", "cold_mix_vs_bare",
-                "fleet_vs_bare", "governed_vs_litellm", "governed_vs_bare_cpu", "stream_governed_vs_bare_cpu",
-                "fleet_vs_bare_cpu", "governed_vs_litellm_cpu"):
+    for key in ratio_keys(baselines(results)):
         lines.append(f"| {key} | {_fmt(s.get(key), '.3f')} |")
     lines += ["", "| budget | value | verdict |", "|---|---:|---|"]
     for b in s["budget"]:

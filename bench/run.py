@@ -6,6 +6,7 @@ Targets, each started here on 127.0.0.1 and stopped afterwards:
   governed  `portcullis serve` on embedded defaults (regorus, memory cache/limits, SQLite audit)
   fleet     `portcullis serve` with Redis limits and PostgreSQL audit, when available
   litellm   LiteLLM's proxy (--with-litellm)
+  governed@REV  the `governed` target as it was at git revision REV (--baseline-ref REV, bench/baseline.py)
 
 The proxy under test runs on core 0; wrk and the upstream share core 1 (for
 `direct`, measured first and alone, the upstream moves to core 0 so it stands
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import shutil
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bench import fixtures, fleet, procs, report, wrk
+from bench import baseline, fixtures, fleet, procs, report, wrk
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -51,7 +53,7 @@ class Plan:
         """(label, lua scenario, connections) for one target."""
         c = self.concurrency
         base = [("chat_c1", "chat", 1), (f"chat_c{c}", "chat", c), (f"stream_c{c}", "stream", c)]
-        if target == "governed":
+        if target == "governed" or target.startswith(baseline.PREFIX):
             return [*base, (f"deny_mix_c{c}", "deny_mix", c), (f"cold_mix_c{c}", "cold_mix", c)]
         if target == "litellm":
             return base[:2]
@@ -111,7 +113,7 @@ class Runner:
                         best[t.name] = r
             for name, r in best.items():
                 self.results[name][label] = r.as_dict()
-                print(f"  {name:9s} {label:16s} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
+                print(f"  {name:16s} {label:16s} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
                       f"p99 {r.p99_ms:7.3f} ms  non-2xx {r.non2xx_share:5.1%}  "
                       f"cpu {r.cpu_us_per_req or 0:6.0f} µs/req", flush=True)
         for t in targets:
@@ -119,7 +121,7 @@ class Runner:
                 self.results[t.name]["rss_mb"] = round(procs.peak_rss_mb(t.pid), 1)
 
     def unavailable(self, target: str, reason: str) -> None:
-        print(f"  {target:9s} unavailable: {reason}", flush=True)
+        print(f"  {target:16s} unavailable: {reason}", flush=True)
         self.results[target] = {"status": f"unavailable: {reason}"}
 
 
@@ -140,11 +142,14 @@ def _portcullis_cmd(config: Path) -> list[str]:
 
 
 def start_portcullis(name: str, workdir: Path, upstream_url: str, agents_file: Path, policy_dir: Path,
-                     **sections: Any) -> procs.Server:
+                     checkout: baseline.Checkout | None = None, **sections: Any) -> procs.Server:
+    """The working tree's gateway, or with `checkout` the one at that revision (same config)."""
     port = procs.free_port()
     cfg = fixtures.write_config(workdir / f"{name}.yaml", port=port, upstream_url=upstream_url,
                                 policy_dir=policy_dir, agents_file=agents_file, chain_id=f"bench-{name}",
                                 **sections)
+    if checkout is not None:
+        return baseline.start(checkout, name, cfg, port, workdir)
     server = procs.start(name, _portcullis_cmd(cfg), port, workdir, cpus=procs.PROXY_CPU, cwd=workdir)
     try:
         procs.wait_ready(server, timeout_s=120, path="/readyz")
@@ -165,8 +170,17 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
     runner = Runner(plan, work)
+    checkout = None
     try:
-        _run_targets(runner, plan, work)
+        with contextlib.ExitStack() as stack:
+            if args.baseline_ref:  # first: a bad revision fails before anything is measured
+                checkout = stack.enter_context(baseline.checkout(args.baseline_ref))
+                print(f"baseline {checkout.target}: {checkout.ref} = {checkout.commit[:12]} "
+                      f"\"{checkout.subject[:70]}\", served from {checkout.path}", flush=True)
+            _run_targets(runner, plan, work, checkout)
+    except baseline.BaselineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -175,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     summary = report.summarize(runner.results, plan.concurrency)
     summary["meta"] = report.meta(plan.__dict__, time.monotonic() - t0)
     summary["meta"]["machine_busy_before"] = round(busy, 2)
+    if checkout is not None:
+        summary["meta"]["baseline"] = checkout.describe()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report.write_json(RESULTS, summary)
     print()
@@ -183,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_targets(runner: Runner, plan: Plan, work: Path) -> None:
+def _run_targets(runner: Runner, plan: Plan, work: Path, checkout: baseline.Checkout | None) -> None:
     up_port = procs.free_port()
     upstream = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
                            up_port, work, cpus=procs.LOAD_CPU, cwd=fixtures.REPO)
@@ -198,15 +214,15 @@ def _run_targets(runner: Runner, plan: Plan, work: Path) -> None:
         procs.pin(upstream.pid, procs.LOAD_CPU)
 
         with contextlib.ExitStack() as stack:
-            targets = _start_proxies(runner, plan, work, up, stack)
+            targets = _start_proxies(runner, plan, work, up, stack, checkout)
             print(f"measuring {', '.join(t.name for t in targets)} (alternating)", flush=True)
             runner.measure(targets)
     finally:
         procs.stop(upstream)
 
 
-def _start_proxies(runner: Runner, plan: Plan, work: Path, up: str,
-                   stack: contextlib.ExitStack) -> list[Target]:
+def _start_proxies(runner: Runner, plan: Plan, work: Path, up: str, stack: contextlib.ExitStack,
+                   checkout: baseline.Checkout | None) -> list[Target]:
     """Start every proxy target (all idle on core 0 until measured); stop them on exit."""
     targets = []
     bare_port = procs.free_port()
@@ -218,9 +234,11 @@ def _start_proxies(runner: Runner, plan: Plan, work: Path, up: str,
 
     policy_dir = fixtures.write_policy(work / "policies")
     big_agents = fixtures.write_agents(work / "agents-cold.yaml", plan.cold_agents)
-    gov = stack.enter_context(running(lambda: start_portcullis("governed", work, up, big_agents, policy_dir)))
-    targets.append(Target("governed", gov.url, gov.pid, gov.pid,
-                          {**_wrk_env("governed"), "BENCH_AGENTS": str(plan.cold_agents)}))
+    gov_env = {**_wrk_env("governed"), "BENCH_AGENTS": str(plan.cold_agents)}
+    for name, co in [("governed", None), *([(checkout.target, checkout)] if checkout else [])]:
+        gov = stack.enter_context(running(functools.partial(start_portcullis, name, work, up, big_agents,
+                                                            policy_dir, co)))
+        targets.append(Target(name, gov.url, gov.pid, gov.pid, gov_env))
 
     small_agents = fixtures.write_agents(work / "agents.yaml", 0)
     fl = _start_fleet(runner, work, up, small_agents, policy_dir, stack)

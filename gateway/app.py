@@ -15,16 +15,16 @@ from gateway.directory import AgentDirectory
 from gateway.endpoints import ModelsHandler, OpsEndpoints, not_found, surface_for
 from gateway.exchange import Governed
 from gateway.mcp.client import ToolLister
-from gateway.mcp.endpoint import MCPHandler
+from gateway.mcp.routes import mcp_routes
 from gateway.metrics import Metrics
 from gateway.pipeline import LLMHandler
 from gateway.services import Services
 from gateway.routing import ModelRouter
-from gateway.settings import Settings, load_agents
+from gateway.settings import ConfigError, Settings, load_agents
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
-from gateway.surfaces import anthropic, mcp, openai, tools as tools_surface
+from gateway.surfaces import anthropic, openai, tools as tools_surface
 from gateway.tools.catalog import ToolCatalog
 from gateway.tools.govern import ToolGovernor
 from gateway.tools.http_endpoint import HTTPToolHandler
@@ -40,11 +40,15 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     metrics = Metrics()
     agents_file = settings.path(settings.identity.agents_file)
     directory = AgentDirectory.from_file(load_agents(agents_file))
+    # The tiers and maturities are the loaded policy's: a set that drops one an agent has is
+    # refused (at start too), and so are an agents file and JWT claims that step outside them.
+    engine = registry.load("policy", settings.policy.backend)(
+        settings.policy, settings.path(settings.policy.dir), on_reload=metrics.on_policy_reload,
+        check_vocabulary=directory.vocabulary_problems)
     sources: list[Any] = [registry.load("identity", "api_key")(directory)]
     if settings.identity.jwt is not None:
-        sources.append(registry.load("identity", "jwt")(settings.identity.jwt, base_dir=settings.base_dir))
-    engine = registry.load("policy", settings.policy.backend)(
-        settings.policy, settings.path(settings.policy.dir), on_reload=metrics.on_policy_reload)
+        sources.append(registry.load("identity", "jwt")(settings.identity.jwt, base_dir=settings.base_dir,
+                                                        vocabulary=lambda: engine.vocabulary))
     cache = registry.load("cache", settings.cache.backend)(settings.cache)
     limiter = registry.load("limits", settings.limits.backend)(settings.limits)
     store = registry.load("audit", settings.audit.backend)(settings.audit, settings.path(settings.audit.path))
@@ -57,14 +61,20 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
     catalog = ToolCatalog({n: t.annotations_ttl_s for n, t in tools.servers.items()})
     lister = ToolLister(transports, catalog)
     identity = IdentityResolver(sources, directory, settings.identity.anonymous_agent)
+
+    def check_agents(candidate: AgentDirectory) -> None:
+        identity.check_directory(candidate)
+        if problems := candidate.vocabulary_problems(engine.vocabulary):
+            raise ConfigError([(settings.identity.agents_file, p) for p in problems])
+
     agents = AgentsReloader(agents_file, directory, hot_reload=settings.identity.hot_reload,
-                            check=identity.check_directory, on_reload=metrics.on_agents_reload)
+                            check=check_agents, on_reload=metrics.on_agents_reload)
     services = Services(
         settings=settings,
         identity=identity,
         policy=policy,
         limits=LimitStage(limiter, metrics),
-        router=ModelRouter(settings.routes),
+        router=ModelRouter(settings.routes, settings.upstreams),
         upstreams=upstreams,
         audit=writer,
         metrics=metrics,
@@ -114,7 +124,7 @@ def create_app(settings: Settings) -> "GatewayApp":
     routes = [
         Route("/v1/models/{model:path}", models),
         Route("/tools/{name}", Governed(s, HTTPToolHandler(s), surface=tools_surface)),
-        Route("/mcp/{server}", Governed(s, MCPHandler(s), surface=mcp, methods=("POST", "GET", "DELETE"))),
+        *mcp_routes(s),  # /mcp/{server}, and OAuth discovery when JWT issuers are configured
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),

@@ -1,4 +1,4 @@
-"""`portcullis serve | check-config | policy test | audit tail | audit verify | keys new`."""
+"""`portcullis serve | check-config | policy test|check | audit tail | audit verify | keys new | demo mcp-server`."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +18,13 @@ def _settings(path: str) -> Settings:
     try:
         return load_settings(path, os.environ)
     except ConfigError as e:
-        for key, reason in e.problems:
-            print(f"config error: {key}: {reason}", file=sys.stderr)
+        _print_problems(e)
         raise SystemExit(2) from None
+
+
+def _print_problems(e: ConfigError) -> None:
+    for key, reason in e.problems:
+        print(f"config error: {key}: {reason}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -33,7 +37,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    config = uvicorn.Config(create_app(settings), host=host, port=port, loop="uvloop", http="httptools",
+    try:
+        app = create_app(settings)
+    except ConfigError as e:  # the agents file and the names it cross-references
+        _print_problems(e)
+        raise SystemExit(2) from None
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_config=None,
                             # The gateway decides whom to believe (server.trust_forwarded_for);
                             # uvicorn's default would take X-Forwarded-For from any local client.
@@ -59,6 +68,13 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     fmt = registry.import_from_string("adapters.policy.regorus_testrunner:format_results")
     text, code = fmt(run(Path(args.dir)))
     print(text)
+    return code
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    check_dir = registry.import_from_string("adapters.policy.lint:check_dir")
+    lines, code = check_dir(Path(args.dir))
+    print("\n".join(lines), file=sys.stderr if code else sys.stdout)
     return code
 
 
@@ -106,9 +122,23 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     print(f"key:    {key}")
     print(f"sha256: {digest}")
     print("\nadd to agents.yaml under keys: (store only the hash; give the key to the agent once)")
-    print(f"  - id: {args.id}\n    sha256: {digest}\n    workspace: {args.workspace}")
+    print(f"  - id: {args.id or (args.agent or args.workspace) + '-key'}\n"
+          f"    sha256: {digest}\n    workspace: {args.workspace}")
     if args.agent:
         print(f"    agent: {args.agent}")
+    return 0
+
+
+def cmd_demo_mcp_server(args: argparse.Namespace) -> int:
+    try:
+        from gateway.demo import orders  # the mcp SDK: imported only for this command
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("mcp"):
+            raise
+        print(f"portcullis demo needs the demo extra: pip install -e '.[demo]' ({e})", file=sys.stderr)
+        return 2
+    print(f"orders MCP server on http://{args.host}:{args.port}/mcp (Ctrl-C stops it)", file=sys.stderr)
+    orders.run(args.host, args.port)
     return 0
 
 
@@ -131,28 +161,50 @@ def parser() -> argparse.ArgumentParser:
     t = pol.add_parser("test", help="run the Rego test_ rules on the embedded engine")
     t.add_argument("dir", nargs="?", default="policies_rego")
     t.set_defaults(func=cmd_policy_test)
+    pc = pol.add_parser("check", help="check a policy directory as OPA would load it, and its data "
+                                      "against its data.schema.json")
+    pc.add_argument("dir", nargs="?", default="policies_rego")
+    pc.set_defaults(func=cmd_policy_check)
 
-    aud = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
+    # --config before or after the subcommand: `audit --config X tail` = `audit tail --config X`.
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit.add_argument("--config", default=default_config)
+    aud = audit.add_subparsers(dest="audit_command", required=True)
     at = aud.add_parser("tail", help="show the newest audit rows")
     at.add_argument("-n", type=int, default=20)
-    at.add_argument("--config", default=default_config)
-    at.set_defaults(func=cmd_audit_tail)
     av = aud.add_parser("verify", help="walk the hash chains and report the first broken link")
-    av.add_argument("--config", default=default_config)
-    av.set_defaults(func=cmd_audit_verify)
+    for cmd, func in ((at, cmd_audit_tail), (av, cmd_audit_verify)):
+        cmd.add_argument("--config", default=argparse.SUPPRESS)  # absent: keep the audit-level value
+        cmd.set_defaults(func=func)
 
     keys = sub.add_parser("keys", help="API key tools").add_subparsers(dest="keys_command", required=True)
     kn = keys.add_parser("new", help="print a new API key and the hash to store")
-    kn.add_argument("--id", default="new-key")
-    kn.add_argument("--workspace", default="default")
-    kn.add_argument("--agent")
+    # No default workspace: the entry must name one that agents.yaml declares.
+    kn.add_argument("--workspace", required=True, help="a workspace declared in agents.yaml")
+    kn.add_argument("--agent", help="pin the key to this agent of the workspace (else a workspace key)")
+    kn.add_argument("--id", help="a label for the key (default: AGENT-key or WORKSPACE-key)")
     kn.set_defaults(func=cmd_keys_new)
+
+    demo = sub.add_parser("demo", help="servers for the README tour (the demo extra)")
+    dm = demo.add_subparsers(dest="demo_command", required=True).add_parser(
+        "mcp-server", help="serve the README's orders MCP tools at http://HOST:PORT/mcp")
+    dm.add_argument("--host", default="127.0.0.1")
+    dm.add_argument("--port", type=int, default=9300)
+    dm.set_defaults(func=cmd_demo_mcp_server)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the try
+    except BrokenPipeError:
+        # `portcullis audit tail | head`: the Python docs' recipe. Point stdout at devnull
+        # so the interpreter's final flush cannot fail again, and exit without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":

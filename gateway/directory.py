@@ -1,24 +1,38 @@
 """Read-only lookups over the agents file: agents, workspace defaults, key hashes.
 
-Built once from a validated `AgentsFile`; the identity stage and the API-key
-source share one instance. Reloading means building a new directory.
+Built from a validated `AgentsFile`; the identity stage and the API-key source
+share one instance. A reload builds a new directory and `replace`s the shared
+one's entries with it in one assignment: a lookup sees the old file or the new
+one, never a mix, and agents already handed to a request are never changed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
 from gateway.settings import AgentsFile, KeyEntry
-from gateway.types import Agent
+from gateway.types import Agent, Principal, Vocabulary
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    agents: Mapping[str, Agent]
+    defaults: Mapping[str, str]  # workspace -> default agent id
+    keys: Mapping[str, KeyEntry]  # key hash -> entry
+    principals: Mapping[str, Principal]  # key hash -> who the key stands for, built once per file
 
 
 class AgentDirectory:
     def __init__(self, agents: Mapping[str, Agent], defaults: Mapping[str, str],
                  keys: Mapping[str, KeyEntry]) -> None:
-        # Read-only views: a directory is shared across requests and never mutated.
-        self._agents = MappingProxyType(dict(agents))
-        self._defaults = MappingProxyType(dict(defaults))
-        self._keys = MappingProxyType(dict(keys))
+        principals = {
+            digest: Principal(workspace=k.workspace, auth="api_key",
+                              agent=agents.get(k.agent) if k.agent else None, credential_id=k.id)
+            for digest, k in keys.items()}
+        # Read-only views: entries are shared across requests and never mutated.
+        self._entries = _Entries(MappingProxyType(dict(agents)), MappingProxyType(dict(defaults)),
+                                 MappingProxyType(dict(keys)), MappingProxyType(principals))
 
     @classmethod
     def from_file(cls, agents: AgentsFile) -> "AgentDirectory":
@@ -29,23 +43,31 @@ class AgentDirectory:
         }
         defaults = {name: ws.default_agent for name, ws in agents.workspaces.items()
                     if ws.default_agent}
-        keys: dict[str, KeyEntry] = {}
-        for k in agents.keys:
-            if k.sha256 in keys:
-                # Two entries for one key would make its workspace ambiguous.
-                raise ValueError(f"keys: {k.id!r} and {keys[k.sha256].id!r} share one key hash")
-            keys[k.sha256] = k
-        return cls(by_id, defaults, keys)
+        # AgentsFile validation guarantees one entry per key hash.
+        return cls(by_id, defaults, {k.sha256: k for k in agents.keys})
+
+    def replace(self, other: "AgentDirectory") -> None:
+        """Take `other`'s entries: the reload swap, one assignment."""
+        self._entries = other._entries
 
     def agent(self, agent_id: str) -> Agent | None:
-        return self._agents.get(agent_id)
+        return self._entries.agents.get(agent_id)
 
     def default_agent(self, workspace: str) -> Agent | None:
-        agent_id = self._defaults.get(workspace)
-        return self._agents.get(agent_id) if agent_id else None
+        entries = self._entries
+        agent_id = entries.defaults.get(workspace)
+        return entries.agents.get(agent_id) if agent_id else None
 
     def key_by_hash(self, sha256_hex: str) -> KeyEntry | None:
-        return self._keys.get(sha256_hex)
+        return self._entries.keys.get(sha256_hex)
+
+    def principal_by_hash(self, sha256_hex: str) -> Principal | None:
+        """The principal an API key stands for (its workspace, pinned agent and id)."""
+        return self._entries.principals.get(sha256_hex)
+
+    def vocabulary_problems(self, vocab: Vocabulary) -> list[str]:
+        """Each agent whose tier or maturity the policy's vocabulary does not list, by name."""
+        return [p for a in self._entries.agents.values() for p in vocab.agent_problems(a.id, a.tier, a.maturity)]
 
     def __len__(self) -> int:
-        return len(self._agents)
+        return len(self._entries.agents)

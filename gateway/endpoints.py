@@ -11,6 +11,7 @@ from starlette.responses import Response
 from gateway.errors import NotFound
 from gateway.exchange import Call
 from gateway.http import send_bytes
+from gateway.routing import Listed
 from gateway.services import Services
 from gateway.stages.policy import policy_input
 from gateway.surfaces import anthropic, openai
@@ -28,7 +29,13 @@ def surface_for(scope: dict[str, Any]) -> Surface:
 
 
 class ModelsHandler:
-    """GET /v1/models[/{id}]: only the models the caller's policy allows."""
+    """GET /v1/models[/{id}]: only the models the caller's policy allows.
+
+    An Anthropic client (anthropic-version sent) sees only the models served in
+    Anthropic's API, which it can call; an OpenAI client sees them all (Anthropic
+    also serves an OpenAI-compatible chat API). `owned_by` is that API family, never
+    the name of an internal upstream.
+    """
 
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -38,12 +45,14 @@ class ModelsHandler:
         assert ex.agent is not None and ex.principal is not None
         wanted = call.scope.get("path_params", {}).get("model")
         ex.action, ex.resource_type, ex.resource_name = "llm.models", "model", wanted or "*"
-        catalog = [(m, up) for m, up in s.router.catalog if wanted is None or m == wanted]
+        catalog = [c for c in s.router.catalog if (wanted is None or c.model == wanted)
+                   and (surface is not anthropic or c.family == "anthropic")]
         docs = [policy_input(ex.agent, ex.principal.auth, "llm.models",
-                             {"type": "model", "name": m, "upstream": up}, {"api": surface.NAME, "stream": False})
-                for m, up in catalog]
+                             {"type": "model", "name": c.model, "upstream": c.upstream},
+                             {"api": surface.NAME, "stream": False})
+                for c in catalog]
         decisions = [d for d, _ in await s.policy.decide_many(docs)]
-        visible = [(m, up) for (m, up), d in zip(catalog, decisions) if d.allow]
+        visible = [c for c, d in zip(catalog, decisions) if d.allow]
         if decisions:
             first = decisions[0]
             ex.decision = first if wanted else Decision(
@@ -58,16 +67,16 @@ class ModelsHandler:
         await send_bytes(call.send, 200, body, call.response_headers())
 
     @staticmethod
-    def _render(surface: Surface, models: list[tuple[str, str]], single: bool) -> bytes:
+    def _render(surface: Surface, models: list[Listed], single: bool) -> bytes:
         if surface is anthropic:
-            items = [{"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"}
-                     for m, _ in models]
+            items = [{"type": "model", "id": c.model, "display_name": c.model, "created_at": "2024-01-01T00:00:00Z"}
+                     for c in models]
             if single:
                 return orjson.dumps(items[0])
             return orjson.dumps({"data": items, "has_more": False,
                                  "first_id": items[0]["id"] if items else None,
                                  "last_id": items[-1]["id"] if items else None})
-        items = [{"id": m, "object": "model", "created": 0, "owned_by": up} for m, up in models]
+        items = [{"id": c.model, "object": "model", "created": 0, "owned_by": c.family} for c in models]
         return orjson.dumps(items[0] if single else {"object": "list", "data": items})
 
 

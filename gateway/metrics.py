@@ -19,6 +19,8 @@ class Metrics:
         self.policy_eval = Histogram("portcullis_policy_eval_seconds", "Policy evaluation latency (cache misses)",
                                      buckets=_FAST, registry=r)
         self.policy_reloads = Counter("portcullis_policy_reloads", "Policy reloads by result", ["result"], registry=r)
+        self.agents_reloads = Counter("portcullis_agents_reloads", "Agents file reloads by result", ["result"],
+                                      registry=r)
         self.policy_errors = Counter("portcullis_policy_errors", "Policy evaluation failures", registry=r)
         self.revision = Info("portcullis_policy", "Active policy revision", registry=r)
         self.upstream = Histogram("portcullis_upstream_seconds", "Upstream latency", ["upstream"],
@@ -66,6 +68,9 @@ class Metrics:
         else:
             self.policy_reloads.labels("ok").inc()
             self.revision.info({"revision": revision or ""})
+
+    def on_agents_reload(self, result: str) -> None:
+        self.agents_reloads.labels(result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,8 @@ from gateway.surfaces.base import LLMSurface, Parsed
 
 log = logging.getLogger("portcullis.pipeline")
 
+CLAMPED_HEADER = b"x-portcullis-max-tokens-clamped"  # "asked->allowed" when max tokens were clamped
+
 
 class LLMHandler:
     """POST handler for one path of one LLM surface."""
@@ -31,6 +33,7 @@ class LLMHandler:
         self.s = services
         self.surface = surface
         self.path = path
+        self.clamp = services.settings.policy.clamps(surface.NAME)  # else refuse over-asking requests
 
     async def __call__(self, call: Call) -> None:
         s, ex = self.s, call.ex
@@ -47,10 +50,13 @@ class LLMHandler:
                                        {"api": self.surface.NAME, "stream": parsed.stream})
         ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input)
         refuse_denied(call)
-        if s.tools is not None and s.settings.tools.check_chat_tools:
-            await self._check_declared_tools(parsed, call)
-        self._cap_output(parsed, call)
-        await reserve(s, call, parsed.estimated_input_tokens() + (parsed.max_output or 0))
+        tokens = 0  # token counting generates nothing: a request against the limits, no tokens
+        if parsed.generates:
+            if s.tools is not None and s.settings.tools.check_chat_tools:
+                await self._check_declared_tools(parsed, call)
+            self._cap_output(parsed, call)
+            tokens = parsed.estimated_input_tokens() + (parsed.max_output or 0)
+        await reserve(s, call, tokens)
         await self._forward(call, parsed)
 
     async def _check_declared_tools(self, parsed: Parsed, call: Call) -> None:
@@ -71,14 +77,19 @@ class LLMHandler:
         cap = ex.decision.max_output_tokens
         if cap is None or parsed.max_field is None:
             return
-        if parsed.max_output is None:
+        asked = parsed.max_output
+        if asked is None:
             parsed.clamp(cap)  # make the obligation real for clients that set no cap
-        elif parsed.max_output > cap:
-            if not self.s.settings.policy.clamp_max_output_tokens:
-                raise InvalidRequest(f"{parsed.max_field} {parsed.max_output} exceeds the {cap} allowed "
+        elif asked > cap:
+            if not self.clamp:
+                raise InvalidRequest(f"{parsed.max_field} {asked} exceeds the {cap} allowed "
                                      f"for agent {ex.agent.id} (tier {ex.agent.tier})",
                                      code="max_output_tokens_exceeded", param=parsed.max_field)
             parsed.clamp(cap)
+            # Tell the client, and the audit row, that it will get less than it asked for.
+            call.extra.append((CLAMPED_HEADER, f"{asked}->{cap}".encode()))
+            ex.decision = replace(ex.decision, reasons=(
+                *ex.decision.reasons, f"{parsed.max_field} {asked} clamped to the {cap} allowed"))
 
     async def _forward(self, call: Call, parsed: Parsed) -> None:
         ex, send = call.ex, call.send

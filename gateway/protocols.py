@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping, Protocol, Sequence, runtime_checkable
 
-from gateway.types import Decision, Limits, LimitResult, Principal, Reservation
+from gateway.types import Decision, Limits, LimitResult, Principal, Reservation, Vocabulary
 
 
 @runtime_checkable
@@ -30,6 +30,8 @@ class PolicyEngine(Protocol):
 
     @property
     def revision(self) -> str: ...
+    @property
+    def vocabulary(self) -> Vocabulary: ...  # the tiers and maturities of the loaded set
 
     async def start(self) -> None: ...
     def evaluate(self, policy_input: Mapping[str, Any]) -> Decision: ...

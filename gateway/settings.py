@@ -8,12 +8,15 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.types import MATURITIES
+from gateway import registry
+from gateway.mcp import origin
 
 
 class ConfigError(Exception):
@@ -28,11 +31,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _checked(problem: Callable[[str], str | None]) -> AfterValidator:
+    def check(v: str) -> str:
+        if (reason := problem(v)) is not None:
+            raise ValueError(reason)
+        return v
+    return AfterValidator(check)
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     trust_forwarded_for: bool = False  # take client_ip from X-Forwarded-For
+    # The gateway's address as clients reach it (https://gateway.example.com): its host is
+    # always allowed on /mcp, and it names the resource in OAuth protected-resource metadata.
+    public_url: str | None = Field(None, pattern=r"^https?://[^/?#@]+/?$")
+    # Host and Origin values /mcp accepts (DNS-rebinding protection, gateway/mcp/origin.py):
+    # host names (any port), name:port or *; origins scheme://host[:port] or * beyond those hosts.
+    allowed_hosts: list[Annotated[str, _checked(origin.host_entry_problem)]] = list(origin.LOOPBACK)
+    allowed_origins: list[Annotated[str, _checked(origin.origin_entry_problem)]] = []
 
 
 class JWTSettings(_Model):
@@ -71,8 +89,17 @@ class JWTSettings(_Model):
 
 class IdentitySettings(_Model):
     agents_file: str = "agents.yaml"
+    hot_reload: bool = True  # swap in an edited agents file; a broken one is rejected, the old one kept
     anonymous_agent: str | None = None  # off unless named explicitly
     jwt: JWTSettings | None = None
+
+
+class OutputCapSettings(_Model):
+    """Per surface, a request asking for more output tokens than its max_output_tokens
+    obligation is clamped to it (with a response header saying so) or refused with 400.
+    Anthropic clients (langchain-anthropic, litellm) send the model's maximum by default."""
+    openai: Literal["clamp", "refuse"] = "refuse"
+    anthropic: Literal["clamp", "refuse"] = "clamp"
 
 
 class PolicySettings(_Model):
@@ -81,10 +108,29 @@ class PolicySettings(_Model):
     fail: Literal["closed", "open"] = "closed"
     hot_reload: bool = True
     default_cache_ttl_s: int = Field(60, ge=0)
-    clamp_max_output_tokens: bool = False  # clamp instead of refusing with 400
+    max_output_tokens: OutputCapSettings = OutputCapSettings()
     # compiled: regorus' compiled program, once it agrees with the interpreter on a corpus
     # derived from the set's data (see adapters/policy/compiled.py); interpreter: always.
     evaluator: Literal["compiled", "interpreter"] = "compiled"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_clamp(cls, data: Any) -> Any:
+        """The older `clamp_max_output_tokens: true|false` sets one rule for every surface."""
+        if not isinstance(data, dict) or "clamp_max_output_tokens" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("clamp_max_output_tokens")
+        if "max_output_tokens" in data:
+            raise ValueError("set max_output_tokens or the older clamp_max_output_tokens, not both")
+        if not isinstance(old, bool):
+            raise ValueError("clamp_max_output_tokens must be true or false")
+        rule = "clamp" if old else "refuse"
+        data["max_output_tokens"] = dict.fromkeys(OutputCapSettings.model_fields, rule)
+        return data
+
+    def clamps(self, surface: str) -> bool:
+        return getattr(self.max_output_tokens, surface, "refuse") == "clamp"
 
 
 class CacheSettings(_Model):
@@ -161,6 +207,9 @@ class _ToolEndpoint(_Model):
 class MCPServerSettings(_ToolEndpoint):
     kind: Literal["mcp"] = "mcp"  # MCP over Streamable HTTP
     annotations_ttl_s: int = Field(300, ge=0)  # how long tools/list annotations are trusted
+    # Between bytes on a GET stream (the session's notification stream, a resumed one). None:
+    # no limit, as the server may say nothing for hours; its keep-alive pings count as bytes.
+    stream_read_timeout_s: float | None = Field(None, gt=0)
 
 
 class HTTPToolSettings(_ToolEndpoint):
@@ -236,18 +285,12 @@ class Settings(_Model):
 
 class AgentEntry(_Model):
     id: str
-    tier: int = Field(ge=0, le=4)
+    # Checked against the loaded policy's tiers and maturities (contract 1), not here.
+    tier: int
     maturity: str
     workspace: str
     labels: dict[str, str] = {}
     revoked: bool = False
-
-    @field_validator("maturity")
-    @classmethod
-    def _maturity(cls, v: str) -> str:
-        if v not in MATURITIES:
-            raise ValueError(f"must be one of {', '.join(MATURITIES)}")
-        return v
 
 
 class KeyEntry(_Model):
@@ -268,16 +311,38 @@ class AgentsFile(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> "AgentsFile":
-        by_id = {a.id: a for a in self.agents}
-        if len(by_id) != len(self.agents):
-            raise ValueError("agents: duplicate agent id")
+        """Every cross-reference at once, each at its own key path (serve would fail on any)."""
+        bad: list[tuple[tuple[str | int, ...], str]] = []
+        by_id: dict[str, AgentEntry] = {}
+        for i, a in enumerate(self.agents):
+            if a.id in by_id:
+                bad.append((("agents", i, "id"), f"duplicate agent id {a.id!r}"))
+            by_id.setdefault(a.id, a)
+            if a.workspace not in self.workspaces:
+                bad.append((("agents", i, "workspace"), _undeclared(a.workspace)))
         for name, ws in self.workspaces.items():
-            if ws.default_agent and by_id.get(ws.default_agent, None) is None:
-                raise ValueError(f"workspaces.{name}.default_agent: unknown agent {ws.default_agent!r}")
+            default = by_id.get(ws.default_agent) if ws.default_agent else None
+            if ws.default_agent and (default is None or default.workspace != name):
+                bad.append((("workspaces", name, "default_agent"),
+                            f"{ws.default_agent!r} is not an agent of workspace {name!r}"))
+        hashes: dict[str, str] = {}
         for i, k in enumerate(self.keys):
-            if k.agent and (k.agent not in by_id or by_id[k.agent].workspace != k.workspace):
-                raise ValueError(f"keys.{i}.agent: {k.agent!r} is not an agent of workspace {k.workspace!r}")
+            if k.workspace not in self.workspaces:
+                bad.append((("keys", i, "workspace"), _undeclared(k.workspace)))
+            elif k.agent and (k.agent not in by_id or by_id[k.agent].workspace != k.workspace):
+                bad.append((("keys", i, "agent"), f"{k.agent!r} is not an agent of workspace {k.workspace!r}"))
+            if k.sha256 in hashes:  # one key in two entries would make its workspace ambiguous
+                bad.append((("keys", i, "sha256"), f"{k.id!r} and {hashes[k.sha256]!r} share one key hash"))
+            hashes.setdefault(k.sha256, k.id)
+        if bad:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("reference", "{reason}", {"reason": reason}),
+                                 loc=loc, input=None) for loc, reason in bad])
         return self
+
+
+def _undeclared(workspace: str) -> str:
+    return f"workspace {workspace!r} is not declared in workspaces"
 
 
 # ---- loading ---------------------------------------------------------------------
@@ -315,7 +380,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
         settings = Settings.model_validate(doc)
     except ValidationError as e:
         raise ConfigError(_problems(e)) from None
-    problems: list[tuple[str, str]] = []
+    problems = _backend_problems(settings)
     upstreams = {}
     for name, up in settings.upstreams.items():
         key = environ.get(up.api_key_env) if up.api_key_env else None
@@ -336,6 +401,26 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools})
 
 
+def _backend_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Backend names the registry does not know, and import strings that do not import."""
+    named = [("policy.backend", "policy", settings.policy.backend),
+             ("cache.backend", "cache", settings.cache.backend),
+             ("limits.backend", "limits", settings.limits.backend),
+             ("audit.backend", "audit", settings.audit.backend),
+             *((f"upstreams.{n}.provider", "upstream", u.provider) for n, u in settings.upstreams.items()),
+             *((f"tools.servers.{n}.kind", "tools", t.kind) for n, t in settings.tools.servers.items())]
+    problems: list[tuple[str, str]] = []
+    for key, seam, name in named:
+        # A known name's adapter is imported when the app is built; only a name
+        # outside the table needs loading now ("module:attribute" is imported).
+        if ":" in name or name not in registry.BACKENDS[seam]:
+            try:
+                registry.load(seam, name)
+            except registry.RegistryError as e:
+                problems.append((key, str(e)))
+    return problems
+
+
 def load_agents(path: Path) -> AgentsFile:
     doc = _read_yaml(path)
     try:
@@ -351,12 +436,19 @@ def check(path: str | Path, environ: Mapping[str, str]) -> list[tuple[str, str]]
     except ConfigError as e:
         return e.problems
     problems: list[tuple[str, str]] = []
+    agents = None
     try:
-        load_agents(settings.path(settings.identity.agents_file))
+        agents = load_agents(settings.path(settings.identity.agents_file))
     except ConfigError as e:
         problems += [(f"identity.agents_file ({p})", r) for p, r in e.problems]
-    if not settings.path(settings.policy.dir).is_dir():
-        problems.append(("policy.dir", f"not a directory: {settings.path(settings.policy.dir)}"))
+    policy_dir = settings.path(settings.policy.dir)
+    if not policy_dir.is_dir():
+        problems.append(("policy.dir", f"not a directory: {policy_dir}"))
+    else:  # what a load would refuse, and agents outside the set's tiers and maturities
+        policy_problems, vocab = registry.import_from_string("adapters.policy.lint:check_policy_dir")(policy_dir)
+        problems += [("policy.dir", p) for p in policy_problems]
+        problems += [("identity.agents_file", p) for a in (agents.agents if agents else ())
+                     for p in vocab.agent_problems(a.id, a.tier, a.maturity)]
     for name, up in settings.upstreams.items():
         if up.api_key_env and not up.api_key:
             problems.append((f"upstreams.{name}.api_key_env",

@@ -8,7 +8,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-MATURITIES: tuple[str, ...] = ("student", "intern", "supervised", "autonomous")
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The tiers and maturities a policy set's data declares (contract 1).
+
+    The gateway takes them from the loaded set and never hard-codes them. None:
+    the set declares none, and the policy alone judges whatever it is given.
+    """
+    tiers: frozenset[int] | None = None
+    maturities: tuple[str, ...] | None = None  # lowest first
+
+    def knows_tier(self, tier: Any) -> bool:
+        return self.tiers is None or (type(tier) is int and tier in self.tiers)
+
+    def knows_maturity(self, maturity: Any) -> bool:
+        return self.maturities is None or maturity in self.maturities
+
+    def tier_names(self) -> str:
+        return ", ".join(map(str, sorted(self.tiers or ())))
+
+    def maturity_names(self) -> str:
+        return ", ".join(self.maturities or ())
+
+    def agent_problems(self, agent_id: str, tier: Any, maturity: Any) -> list[str]:
+        """Why an agent's tier or maturity is outside this vocabulary, naming the agent."""
+        out = []
+        if not self.knows_tier(tier):
+            out.append(f"agent {agent_id!r}: tier {tier} is not one of the policy's tiers {self.tier_names()}")
+        if not self.knows_maturity(maturity):
+            out.append(f"agent {agent_id!r}: maturity {maturity!r} is not one of the policy's "
+                       f"maturities {self.maturity_names()}")
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ class APIKeySource:
     name = "api_key"
 
     def __init__(self, directory: AgentDirectory) -> None:
+        # Shared with the identity stage; a reload of the agents file swaps its entries.
         self._directory = directory
-        self._principals: dict[str, Principal] = {}  # by key hash; the directory is fixed for a run
 
     async def start(self) -> None:
         return None
@@ -25,12 +25,7 @@ class APIKeySource:
         # constant-time should the lookup ever become a prefix or range index.
         if entry is None or not hmac.compare_digest(entry.sha256, digest):
             return None  # not ours: the next source (e.g. JWT) may know it
-        principal = self._principals.get(digest)
-        if principal is None:
-            agent = self._directory.agent(entry.agent) if entry.agent else None
-            principal = self._principals[digest] = Principal(
-                workspace=entry.workspace, auth="api_key", agent=agent, credential_id=entry.id)
-        return principal
+        return self._directory.principal_by_hash(digest)
 
     async def aclose(self) -> None:
         return None

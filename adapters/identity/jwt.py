@@ -4,6 +4,11 @@ The header's `alg` is checked against the allowlist before anything else, so
 `none` and key-confusion tokens (HS256 signed with an RSA public key) never
 reach a verifier. JWKS documents are fetched with httpx (pyjwt's PyJWKClient is
 blocking urllib and would stall the event loop).
+
+Time comes from an injected clock (`time.time` by default): pyjwt verifies the
+signature, issuer, audience and required claims, and exp/nbf/iat are checked against
+the clock with pyjwt's own rules, since pyjwt reads the wall clock itself
+(jpadilla/pyjwt#921). JWKS cache ages are measured on the same clock.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 import jwt
@@ -24,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import AuthenticationFailed
 from gateway.settings import ConfigError, JWTSettings
-from gateway.types import MATURITIES, Agent, Principal
+from gateway.types import Agent, Principal, Vocabulary
 
 log = logging.getLogger("portcullis.identity.jwt")
 
@@ -32,6 +37,7 @@ log = logging.getLogger("portcullis.identity.jwt")
 # refused by the allowlist with a clear message rather than "unknown key".
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _REQUIRED = ["exp", "iat", "iss", "aud"]
+_CLOCK_CHECKED = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
 
 
 def _show(value: Any, limit: int = 40) -> str:
@@ -41,12 +47,32 @@ def _show(value: Any, limit: int = 40) -> str:
         "unicode_escape").decode("ascii") + "…"
 
 
+def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    """pyjwt's exp/nbf/iat rules and exceptions, against `now` instead of pyjwt's own clock."""
+    def seconds(claim: str, error: type[jwt.PyJWTError], what: str) -> int:
+        try:
+            return int(claims[claim])
+        except (ValueError, TypeError, OverflowError):
+            raise error(f"{what} claim ({claim}) must be an integer.") from None
+
+    if "iat" in claims and seconds("iat", jwt.InvalidIssuedAtError, "Issued At") > now + leeway:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+    if "nbf" in claims and seconds("nbf", jwt.DecodeError, "Not Before") > now + leeway:
+        raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+    if "exp" in claims and seconds("exp", jwt.DecodeError, "Expiration Time") <= now - leeway:
+        raise jwt.ExpiredSignatureError("Signature has expired")
+
+
 class JWTSource:
     name = "jwt"
 
     def __init__(self, settings: JWTSettings, *, base_dir: str | Path | None = None,
-                 kid_refetch_interval_s: float = 30.0, http_timeout_s: float = 5.0) -> None:
+                 kid_refetch_interval_s: float = 30.0, http_timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.time,
+                 vocabulary: Callable[[], Vocabulary] = Vocabulary) -> None:
         self._s = settings
+        self._clock = clock  # seconds since the epoch
+        self._vocabulary = vocabulary  # the loaded policy's tiers and maturities
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self._kid_refetch_interval_s = kid_refetch_interval_s
         self._http_timeout_s = http_timeout_s
@@ -54,8 +80,8 @@ class JWTSource:
         self._http: httpx.AsyncClient | None = None
         self._jwks: dict[str | None, dict[str, Any]] = {}  # kid -> JWK dict
         self._jwk_cache: dict[tuple[str | None, str], jwt.PyJWK] = {}
-        self._jwks_fetched_at = -math.inf  # monotonic time of the last good fetch
-        self._jwks_retry_at = -math.inf  # no fetch before this after a failure
+        self._jwks_fetched_at = -math.inf  # clock time of the last good fetch
+        self._jwks_failed_at = -math.inf  # of the last failed one: no fetch for a while after it
         self._last_kid_refetch = -math.inf
         self._jwks_generation = 0
         self._lock = asyncio.Lock()
@@ -99,9 +125,10 @@ class JWTSource:
     def _verify(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         s = self._s
         try:
-            return jwt.decode(
-                token, key, algorithms=[alg], audience=s.audience, issuer=s.issuer,
-                leeway=s.leeway_s, options={"require": _REQUIRED})
+            claims = jwt.decode(token, key, algorithms=[alg], audience=s.audience, issuer=s.issuer,
+                                options={"require": _REQUIRED, **_CLOCK_CHECKED})
+            _check_times(claims, self._clock(), s.leeway_s)
+            return claims
         except jwt.ExpiredSignatureError:
             raise AuthenticationFailed("JWT has expired") from None
         except jwt.InvalidSignatureError:
@@ -134,13 +161,16 @@ class JWTSource:
         if not isinstance(values["id"], str) or not isinstance(values["workspace"], str):
             raise AuthenticationFailed(
                 f"JWT claims {s.claim_agent_id} and {s.claim_workspace} must be strings")
-        tier = values["tier"]
+        tier, maturity, vocab = values["tier"], values["maturity"], self._vocabulary()
         # bool is an int subclass; `true` is not a tier.
-        if isinstance(tier, bool) or not isinstance(tier, int) or not 0 <= tier <= 4:
-            raise AuthenticationFailed(f"JWT claim {s.claim_tier} must be an integer 0-4")
-        if values["maturity"] not in MATURITIES:
+        if isinstance(tier, bool) or not isinstance(tier, int):
+            raise AuthenticationFailed(f"JWT claim {s.claim_tier} must be an integer")
+        if not vocab.knows_tier(tier):
             raise AuthenticationFailed(
-                f"JWT claim {s.claim_maturity} must be one of {', '.join(MATURITIES)}")
+                f"JWT claim {s.claim_tier} must be one of the policy's tiers {vocab.tier_names()}")
+        if not vocab.knows_maturity(maturity):
+            raise AuthenticationFailed(
+                f"JWT claim {s.claim_maturity} must be one of the policy's maturities {vocab.maturity_names()}")
         return Agent(id=values["id"], tier=tier, maturity=values["maturity"],
                      workspace=values["workspace"], labels={})
 
@@ -169,7 +199,7 @@ class JWTSource:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthenticationFailed("JWT kid must be a string")
-        if time.monotonic() - self._jwks_fetched_at >= self._s.jwks_cache_s:
+        if self._age(self._jwks_fetched_at) >= self._s.jwks_cache_s:
             await self._refresh(force=False)
         jwk = self._pick(kid)
         if jwk is None and self._may_refetch_for_kid():
@@ -199,17 +229,22 @@ class JWTSource:
         return next(iter(self._jwks.values())) if len(self._jwks) == 1 else None
 
     def _may_refetch_for_kid(self) -> bool:
-        return time.monotonic() - self._last_kid_refetch >= self._kid_refetch_interval_s
+        return self._age(self._last_kid_refetch) >= self._kid_refetch_interval_s
+
+    def _age(self, since: float) -> float:
+        """Seconds since `since`; a clock stepped back (wall time) makes it stale, never fresher."""
+        age = self._clock() - since
+        return age if age >= 0 else math.inf
 
     async def _refresh(self, *, force: bool) -> None:
         generation = self._jwks_generation
         async with self._lock:
             if self._jwks_generation != generation:
                 return  # another request refreshed while we waited
-            now = time.monotonic()
+            now = self._clock()
             if force:
                 self._last_kid_refetch = now
-            elif now < self._jwks_retry_at:
+            elif self._age(self._jwks_failed_at) < min(self._kid_refetch_interval_s, self._s.jwks_cache_s):
                 self._fail_if_no_keys()
                 return
             try:
@@ -218,13 +253,13 @@ class JWTSource:
                 log.warning("JWKS fetch from %s failed: %s: %s", self._s.jwks_url,
                             type(e).__name__, e)
                 # Back off; keep serving the previous keys if we have any.
-                self._jwks_retry_at = now + min(self._kid_refetch_interval_s, self._s.jwks_cache_s)
+                self._jwks_failed_at = now
                 self._fail_if_no_keys()
                 return
             self._jwks = keys
             self._jwk_cache.clear()
             self._jwks_fetched_at = now
-            self._jwks_retry_at = -math.inf
+            self._jwks_failed_at = -math.inf
             self._jwks_generation += 1
 
     def _fail_if_no_keys(self) -> None:

@@ -1,12 +1,14 @@
 """Reading a policy directory the way an OPA bundle is read.
 
 `*.rego` files become modules; a `data.json` in directory `a/b/` is mounted at
-`data.a.b`. The engine and the Rego test runner share this, so both see the
-same set of files and data.
+`data.a.b`, and a `data.schema.json` beside it is that file's JSON Schema (see
+lint.py). The engine, the Rego test runner and `policy check` share this, so
+all see the same set of files and data.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,10 @@ import orjson
 import regorus
 
 from gateway.errors import PolicyCompileError
+from gateway.types import Vocabulary
+
+SCHEMA_FILE = "data.schema.json"
+_TIER_KEY = re.compile(r"0|[1-9][0-9]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +28,8 @@ class PolicyFiles:
     modules: tuple[tuple[str, str], ...]  # (relative posix path, source text)
     data: dict[str, Any]  # every data.json merged at its mount point
     revision: str  # sha256 over the sorted (relative path, bytes) of the files read
+    documents: tuple[tuple[str, Any], ...] = ()  # (relative path, parsed) of each data.json
+    schemas: tuple[tuple[str, Any], ...] = ()  # (relative path, parsed) of each data.schema.json
 
 
 def is_test_file(path: str) -> bool:
@@ -44,7 +52,7 @@ def _files(policy_dir: Path, include_tests: bool) -> list[tuple[str, bytes]]:
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         name = rel.as_posix()
-        if path.name == "data.json" or (
+        if path.name in ("data.json", SCHEMA_FILE) or (
                 path.suffix == ".rego" and (include_tests or not is_test_file(name))):
             out.append((name, path.read_bytes()))
     return sorted(out)
@@ -87,6 +95,8 @@ def collect(policy_dir: Path, *, include_tests: bool = False) -> PolicyFiles:
     digest = hashlib.sha256()
     modules: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
+    documents: list[tuple[str, Any]] = []
+    schemas: list[tuple[str, Any]] = []
     for name, content in files:
         # Length-prefixed so no two different file sets hash the same.
         for part in (name.encode(), content):
@@ -95,15 +105,38 @@ def collect(policy_dir: Path, *, include_tests: bool = False) -> PolicyFiles:
         try:
             if name.endswith(".rego"):
                 modules.append((name, content.decode("utf-8")))
+            elif name.endswith(SCHEMA_FILE):
+                schemas.append((name, orjson.loads(content)))
             else:
-                _mount(data, name, orjson.loads(content))
+                documents.append((name, orjson.loads(content)))
+                _mount(data, name, orjson.loads(content))  # its own copy: merging mutates it
         except UnicodeDecodeError as e:
             raise PolicyCompileError(f"{name}: not UTF-8 text: {e}") from e
         except orjson.JSONDecodeError as e:
             raise PolicyCompileError(f"{name}: invalid JSON: {e}") from e
     if not modules:
         raise PolicyCompileError(f"no .rego files in {policy_dir}")
-    return PolicyFiles(tuple(modules), data, digest.hexdigest())
+    return PolicyFiles(tuple(modules), data, digest.hexdigest(), tuple(documents), tuple(schemas))
+
+
+def vocabulary(data: dict[str, Any]) -> Vocabulary:
+    """The tiers (keys of data.portcullis.config.tiers) and maturities (its maturity_order).
+
+    A set whose data has neither declares no vocabulary; a malformed one is a load error.
+    """
+    cfg = data.get("portcullis")
+    cfg = cfg.get("config") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        return Vocabulary()
+    tiers, order = cfg.get("tiers"), cfg.get("maturity_order")
+    if tiers is not None and not (isinstance(tiers, dict) and tiers
+                                  and all(_TIER_KEY.fullmatch(k) for k in tiers)):
+        raise PolicyCompileError("data.portcullis.config.tiers must be an object keyed by tier numbers 0, 1, ...")
+    if order is not None and not (isinstance(order, list) and order and len(set(map(str, order))) == len(order)
+                                  and all(isinstance(m, str) and m for m in order)):
+        raise PolicyCompileError("data.portcullis.config.maturity_order must list distinct maturity names, lowest first")
+    return Vocabulary(None if tiers is None else frozenset(map(int, tiers)),
+                      None if order is None else tuple(order))
 
 
 def build_engine(files: PolicyFiles) -> regorus.Engine:

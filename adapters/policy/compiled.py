@@ -5,22 +5,25 @@ an undefined function value (an `else` chain ending undefined, a lookup that
 misses) became the string "<undefined>" in the deny set instead of failing the
 rule. The default policies are written to avoid those shapes, and every policy
 set is checked before its program goes live: both engines decide a corpus
-derived from the set's own data (every tier and maturity, unknown ones too,
-against every configured action, model, tool server and annotation), and any
-disagreement keeps that revision on the interpreter. At run time a result
-carrying "<undefined>" is re-decided by the interpreter.
+built from the set's own vocabulary, data and code, with no assumption about
+how its data is laid out (see corpus()), and any disagreement keeps that
+revision on the interpreter. At run time a result carrying "<undefined>" is
+re-decided by the interpreter.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any, Callable
 
 import orjson
 import regorus
 
+from adapters.policy import lint
 from adapters.policy.bundle import PolicyFiles, error_text
 from gateway.errors import PolicyCompileError
+from gateway.types import Vocabulary
 
 UNDEFINED = "<undefined>"
 
@@ -43,60 +46,79 @@ def run_vm(vm: regorus.Rvm, payload: str, entry_point: str) -> Any:
     return orjson.loads(out) if isinstance(out, str) else out
 
 
-def _models(cfg: dict[str, Any]) -> list[Any]:
-    names: list[Any] = [None, "no-such-model"]
-    for t in (cfg.get("tiers") or {}).values():
-        for p in (t.get("models") or []) if isinstance(t, dict) else []:
-            if isinstance(p, str):
-                names.append(p.replace("*", "x").replace("?", "x"))
-    return names
+# Values an input field takes that match nothing in the set, or have the wrong type.
+_ODD_TIERS: tuple[Any, ...] = (None, -1, 2.5, "1")
+_ODD: tuple[Any, ...] = (None, 5)
+# The MCP tool annotations the gateway passes on (its input vocabulary, not the policy's).
+_HINTS: tuple[dict[str, Any], ...] = ({}, {"readOnlyHint": True}, {"destructiveHint": True},
+                                      {"readOnlyHint": True, "destructiveHint": True})
+# Identifier-like strings only: messages and format strings are never input values.
+_TOKEN_LIKE = re.compile(r"[^\s%]{0,100}")
 
 
-def _tool_resources(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    servers: list[Any] = [None, "no-such-server", *(cfg.get("tool_servers") or {})]
-    hints = [{}, {"readOnlyHint": True}, {"destructiveHint": True},
-             {"readOnlyHint": True, "destructiveHint": True}]
-    out: list[dict[str, Any]] = [{"type": "model", "name": "x"}]
-    for server in servers:
-        entry = (cfg.get("tool_servers") or {}).get(server) if isinstance(server, str) else None
-        names: list[Any] = [None, "some_tool", *((entry or {}).get("tool_complexity") or {})]
-        for name, ann in itertools.product(names, hints):
-            out.append({"type": "tool", "name": name, "server": server, "annotations": ann})
-    return out
+def _walk(node: Any, keys: set[str], values: set[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            keys.add(k)
+            _walk(v, keys, values)
+    elif isinstance(node, list):
+        for v in node:
+            _walk(v, keys, values)
+    elif isinstance(node, str):
+        values.add(node)
 
 
-def corpus(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Inputs covering what the set's data.json configures, plus unknown values of each field."""
-    cfg = ((data.get("portcullis") or {}).get("config") or {}) if isinstance(data, dict) else {}
-    tiers: list[Any] = [None, -1, 2.5, "1", *(int(k) for k in (cfg.get("tiers") or {}) if k.isdigit()), 99]
-    maturities: list[Any] = [None, "no-such-maturity", *(cfg.get("maturity_order") or [])]
-    actions = [None, "no.such.action", "tool.call", *(cfg.get("action_complexity") or {})]
-    models, tools = _models(cfg), _tool_resources(cfg)
-    server_resources = [{"type": t, "name": "x", "server": s}
-                        for t in ("mcp_server", "resource", "prompt")
-                        for s in (None, *(cfg.get("tool_servers") or {}))]
-    def resources_for(action: Any) -> list[dict[str, Any]]:
-        if isinstance(action, str) and action.startswith("tool."):
-            return tools
-        if isinstance(action, str) and action.startswith("mcp."):
-            return server_resources
-        return [{"type": "model", "name": m, "upstream": "u"} for m in models] + [{}]
+def _pools(files: PolicyFiles, vocab: Vocabulary) -> dict[str, list[Any]]:
+    """Candidate values per input field, taken from the set's own data and code.
 
-    def doc(tier: Any, maturity: Any, action: Any, res: dict[str, Any]) -> dict[str, Any]:
-        return {"agent": {"id": "check", "tier": tier, "maturity": maturity, "workspace": "w",
+    No data layout is assumed: any string in the data (key or value) or in the
+    modules may be an action, a model or a tool name; only strings the modules
+    spell out are tried as resource types, only data keys as server names, and
+    glob-like strings also become names they match (with dots, slashes, colons).
+    """
+    keys: set[str] = set()
+    values: set[str] = set()
+    _walk(files.data, keys, values)
+    literals = {lit for _, src in files.modules for lit in lint.string_literals(src)}
+    keep = lambda strings: sorted(x for x in strings if _TOKEN_LIKE.fullmatch(x))  # noqa: E731
+    strings = keep(keys | values | literals)
+    globbed = [x.replace("*", "x.1/y:z").replace("?", "q") for x in strings if "*" in x or "?" in x]
+    tiers = sorted(vocab.tiers) if vocab.tiers is not None else []
+    return {
+        "tier": [*_ODD_TIERS, *tiers, max(tiers, default=0) + 1],
+        "maturity": [None, "no-such-maturity", *(vocab.maturities or ())],
+        "action": [*_ODD, *strings],
+        "type": [None, *keep(literals)],
+        "name": [*_ODD, *strings, *globbed],
+        "server": [None, "no-such-server", *keep(keys)],
+    }
+
+
+def corpus(files: PolicyFiles, vocab: Vocabulary) -> list[dict[str, Any]]:
+    """Inputs that make each value of a field meet each value of the fields it works with.
+
+    Pairs: action with tier, maturity and resource type; resource type with name;
+    server with annotations. The other fields rotate through their values, so
+    each value of every field is tried in many contexts.
+    """
+    pools = _pools(files, vocab)
+    counter = itertools.count()
+
+    def doc(**fixed: Any) -> dict[str, Any]:
+        i = next(counter)
+        pick = {f: fixed[f] if f in fixed else vals[(i + len(f)) % len(vals)] for f, vals in pools.items()}
+        hints = fixed.get("hints", _HINTS[i % len(_HINTS)])
+        return {"agent": {"id": "check", "tier": pick["tier"], "maturity": pick["maturity"], "workspace": "w",
                           "labels": {}, "auth": "api_key"},
-                "action": action, "resource": res, "request": {"api": "openai", "stream": False}}
+                "action": pick["action"],
+                "resource": {"type": pick["type"], "name": pick["name"], "server": pick["server"],
+                             "upstream": "u", "annotations": hints},
+                "request": {"api": "openai", "stream": i % 2 == 1}}
 
-    # Every agent against every action, with the action's resources in rotation; then every
-    # action against every resource, with the agents in rotation: each pair of values meets.
-    agents = list(itertools.product(tiers, maturities))
-    docs = []
-    for i, ((tier, maturity), action) in enumerate(itertools.product(agents, actions)):
-        rs = resources_for(action)
-        docs.append(doc(tier, maturity, action, rs[i % len(rs)]))
-    for i, (action, res) in enumerate((a, r) for a in actions for r in resources_for(a)):
-        tier, maturity = agents[(i * 7) % len(agents)]
-        docs.append(doc(tier, maturity, action, res))
+    pairs = [("action", "tier"), ("action", "maturity"), ("action", "type"), ("type", "name")]
+    docs = [doc(**{a: x, b: y}) for a, b in pairs for x in pools[a] for y in pools[b]]
+    docs += [doc(server=s, hints=h) for s in pools["server"] for h in _HINTS]
+    docs.append({})  # no fields at all
     return docs
 
 

@@ -4,6 +4,9 @@ regorus objects are bound to the thread that made them, so every engine is
 built and evaluated on the event-loop thread; only file reading runs in a
 worker thread. A reload builds a complete new engine, smoke-tests it, and swaps
 it in with one attribute assignment, so a request never sees half a policy set.
+A candidate must also pass the static checks of lint.py (what OPA would refuse,
+data that breaks its schema) and the `check_vocabulary` hook (the app's agents
+must fit the set's tiers and maturities); a set that fails any is rejected.
 
 Decisions come from regorus' compiled program (the RVM) when
 `policy.evaluator` is `compiled` (the default) and the set passes the
@@ -22,35 +25,49 @@ import orjson
 import regorus
 import watchfiles
 
-from adapters.policy import compiled
-from adapters.policy.bundle import build_engine, collect, error_text
+from adapters.policy import compiled, lint
+from adapters.policy.bundle import PolicyFiles, build_engine, collect, error_text, vocabulary
 from gateway.errors import PolicyCompileError, PolicyError
 from gateway.settings import PolicySettings
-from gateway.types import Decision
+from gateway.types import Decision, Vocabulary
+from gateway.watch import reload_on_change
 
 log = logging.getLogger("portcullis.policy")
 
 ENTRY_POINT = "data.portcullis.decision"
 
-# Evaluated against every candidate set before it goes live: a set whose
-# decision errors or is not a decision object never replaces a working one.
-SMOKE_INPUT: dict[str, Any] = {
-    "agent": {"id": "smoke-test", "tier": 0, "maturity": "student", "workspace": "smoke",
-              "labels": {}, "auth": "api_key"},
-    "action": "llm.models",
-    "resource": {"type": "model", "name": "gpt-4o-mini", "upstream": "smoke"},
-    "request": {"api": "openai", "stream": False},
-}
-
 OnReload = Callable[[str | None, Exception | None], None]
+# Reasons a set's vocabulary may not go live (e.g. an agent whose maturity it drops).
+CheckVocabulary = Callable[[Vocabulary], Sequence[str]]
+
+
+def smoke_input(vocab: Vocabulary) -> dict[str, Any]:
+    """Evaluated against every candidate set before it goes live: a set whose
+    decision errors or is not a decision object never replaces a working one."""
+    return {
+        "agent": {"id": "smoke-test", "tier": min(vocab.tiers or (0,)),
+                  "maturity": (vocab.maturities or ("smoke",))[0], "workspace": "smoke",
+                  "labels": {}, "auth": "api_key"},
+        "action": "llm.models",
+        "resource": {"type": "model", "name": "smoke-model", "upstream": "smoke"},
+        "request": {"api": "openai", "stream": False},
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class _Active:
     engine: regorus.Engine
     revision: str
+    vocabulary: Vocabulary
     files: Any = None  # the PolicyFiles it was built from, to compile its program
     vm: Any = None  # regorus.Rvm once the set's program agrees with the interpreter
+
+
+def _read(policy_dir: Path) -> PolicyFiles:
+    """Collect and statically check the set (plain Python, so it runs off the event loop)."""
+    files = collect(policy_dir)
+    lint.raise_for(lint.check(files))
+    return files
 
 
 def _json_default(obj: Any) -> Any:
@@ -90,10 +107,11 @@ def to_decision(result: Any, revision: str, default_ttl_s: int) -> Decision:
 
 class RegorusEngine:
     def __init__(self, settings: PolicySettings, policy_dir: Path,
-                 on_reload: OnReload | None = None) -> None:
+                 on_reload: OnReload | None = None, check_vocabulary: CheckVocabulary | None = None) -> None:
         self._settings = settings
         self._dir = Path(policy_dir)
         self._on_reload = on_reload
+        self._check_vocabulary = check_vocabulary
         self._active: _Active | None = None
         self._lock = asyncio.Lock()
         self._stop: asyncio.Event | None = None
@@ -103,6 +121,10 @@ class RegorusEngine:
     @property
     def revision(self) -> str:
         return self._active.revision if self._active else ""
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._active.vocabulary if self._active else Vocabulary()
 
     @property
     def evaluator(self) -> str:
@@ -200,11 +222,15 @@ class RegorusEngine:
         return engine.eval_rule(ENTRY_POINT)
 
     async def _load(self) -> _Active:
-        files = await asyncio.to_thread(collect, self._dir)
+        files = await asyncio.to_thread(_read, self._dir)
+        vocab = vocabulary(files.data)
+        misfits = list(self._check_vocabulary(vocab)) if self._check_vocabulary is not None else []
+        if misfits:
+            raise PolicyCompileError("the policy data's tiers and maturities leave out: " + "; ".join(misfits))
         engine = build_engine(files)  # here, on the loop thread that will use it
-        active = _Active(engine, files.revision, files)
+        active = _Active(engine, files.revision, vocab, files)
         try:
-            self._evaluate(active, SMOKE_INPUT)
+            self._evaluate(active, smoke_input(vocab))
         except PolicyError as e:
             failure = e.message
         else:
@@ -241,12 +267,12 @@ class RegorusEngine:
             return
         found = await compiled.disagreements(lambda p: self._interpret(active.engine, p),
                                              lambda p: compiled.run_vm(vm, p, ENTRY_POINT),
-                                             compiled.corpus(files.data))
+                                             compiled.corpus(files, active.vocabulary))
         if found:
             log.warning("revision %s stays on the interpreter: the compiled program decided "
                         "differently, e.g. for input %s", active.revision, found[0])
         elif self._active is active:  # still the live set: swap in its program, one assignment
-            self._active = _Active(active.engine, active.revision, active.files, vm)
+            self._active = _Active(active.engine, active.revision, active.vocabulary, active.files, vm)
             log.info("revision %s now runs compiled", active.revision)
 
     def _notify(self, revision: str | None, exc: Exception | None) -> None:
@@ -261,12 +287,4 @@ class RegorusEngine:
         def relevant(_: watchfiles.Change, path: str) -> bool:
             return path.endswith((".rego", ".json"))
 
-        try:
-            async for _changes in watchfiles.awatch(self._dir, watch_filter=relevant,
-                                                    stop_event=stop):
-                try:
-                    await self.reload()
-                except Exception:  # keep watching whatever one reload did
-                    log.exception("policy reload failed")
-        except Exception:  # e.g. the directory vanished; the loaded set stays active
-            log.exception("policy watcher for %s stopped", self._dir)
+        await reload_on_change(self._dir, relevant, self.reload, stop, log, "policy")

@@ -3,7 +3,8 @@
 Loads every module, tests included, with the same bundle rules as the engine,
 finds the `test_` rules of every package and evaluates each on a fresh clone of
 the engine, so no test sees another's state. A test passes only when its value
-is `true`.
+is `true`. Like `opa test`, it runs nothing for a set that OPA would refuse to
+load (lint.py's checks): each problem is then one failed result.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from adapters.policy import lint
 from adapters.policy.bundle import build_engine, collect, error_text
 from gateway.errors import PolicyCompileError
 
@@ -64,6 +66,9 @@ def run_policy_tests(policy_dir: Path) -> list[TestResult]:
     policy_dir = Path(policy_dir)
     try:
         files = collect(policy_dir, include_tests=True)
+        problems = lint.check(files)
+        if problems:
+            return [TestResult(name="check", file=p.file, passed=False, error=str(p)) for p in problems]
         engine = build_engine(files)
         tests = _discover(engine.get_ast_as_json())
     except (PolicyCompileError, ValueError, KeyError) as e:

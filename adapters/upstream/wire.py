@@ -245,8 +245,8 @@ def _responses_stream(body: dict[str, Any], now: int) -> Iterator[bytes]:
 
 # ---- /v1/messages (Anthropic) ----------------------------------------------------
 
-def _anthropic_turn(body: dict[str, Any]) -> _Turn:
-    if body.get("max_tokens") is None:
+def _anthropic_turn(body: dict[str, Any], *, generate: bool = True) -> _Turn:
+    if generate and body.get("max_tokens") is None:
         raise WireError(400, "max_tokens: Field required")
     limit = _limit(body, ("max_tokens",))
     system = _text(body.get("system"))
@@ -289,6 +289,11 @@ def _messages_stream(body: dict[str, Any], now: int) -> Iterator[bytes]:
     return events()
 
 
+def _count_tokens(body: dict[str, Any], now: int) -> dict[str, Any]:
+    """What /v1/messages would report as input_tokens for the same body."""
+    return {"input_tokens": _anthropic_turn(body, generate=False).input_tokens}
+
+
 # ---- /v1/models -------------------------------------------------------------------
 
 def _models(body: dict[str, Any], now: int) -> dict[str, Any]:
@@ -298,6 +303,7 @@ def _models(body: dict[str, Any], now: int) -> dict[str, Any]:
 
 _RESPONDERS = {"/v1/chat/completions": _chat, "/v1/completions": _completion,
                "/v1/embeddings": _embeddings, "/v1/responses": _responses,
-               "/v1/messages": _messages_api, "/v1/models": _models}
+               "/v1/messages": _messages_api, "/v1/messages/count_tokens": _count_tokens,
+               "/v1/models": _models}
 _STREAMERS = {"/v1/chat/completions": _chat_stream, "/v1/completions": _completion_stream,
               "/v1/responses": _responses_stream, "/v1/messages": _messages_stream}

@@ -19,12 +19,15 @@ from gateway.errors import GatewayError
 from gateway.exchange import Call
 from gateway.mcp import actions, jsonrpc, relay
 from gateway.mcp.jsonrpc import JSONRPCError, Message
+from gateway.mcp.origin import HostAllowlist
 from gateway.mcp.sessions import SessionBindings
+from gateway.mcp.streams import Opening, StreamOrder
 from gateway.services import Services
 from gateway.stages.admission import refuse_denied, reserve
 from gateway.stages.forward import timed, until_client_gone
 from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
+from gateway.surfaces.base import has_control
 
 _FORWARD = ("content-type", "accept", "last-event-id")
 
@@ -46,14 +49,19 @@ def response_headers(hdrs: dict[str, str], request_id: str, extra: list[tuple[by
 
 
 class MCPHandler:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, hosts: HostAllowlist) -> None:
         self.s = services
+        self.hosts = hosts
         self.sessions = SessionBindings()
+        self.streams = StreamOrder()
 
     async def __call__(self, call: Call) -> None:
         s, ex, hdrs = self.s, call.ex, call.headers
         server = call.scope.get("path_params", {}).get("server", "")
         ex.upstream, ex.resource_type, ex.resource_name = server[:200], "mcp_server", server[:200]
+        refused = self.hosts.refusal(hdrs)
+        if refused is not None:  # DNS rebinding: a web page posing as a local client
+            raise JSONRPCError(refused, jsonrpc.INVALID_REQUEST, status=403, code="host_not_allowed")
         if server not in s.settings.tools.servers:
             raise JSONRPCError(f"unknown MCP server {server!r}: this gateway serves "
                                f"{', '.join(sorted(s.settings.tools.servers)) or 'none'}",
@@ -70,9 +78,16 @@ class MCPHandler:
                                    f"{msg.method!r}", jsonrpc.HEADER_MISMATCH)
         else:
             ex.action = "mcp.stream" if call.scope["method"] == "GET" else "mcp.session.close"
-        self._check_session(ex, server, hdrs.get("mcp-session-id"))
-        await self._decide(call, server, msg)
-        await self._forward(call, server, msg)
+        sid = hdrs.get("mcp-session-id")
+        self._check_session(ex, server, sid)
+        # From here on, this session's POSTs wait for its GET stream (streams.py).
+        opening = self.streams.opening(server, sid) if sid and call.scope["method"] == "GET" else None
+        try:
+            await self._decide(call, server, msg)
+            await self._forward(call, server, msg, opening)
+        finally:
+            if opening is not None:
+                opening.done()
 
     def _check_session(self, ex: Exchange, server: str, sid: str | None) -> None:
         owner = self.sessions.owner(server, sid) if sid else None
@@ -91,6 +106,9 @@ class MCPHandler:
             name = params.get("name")
             if not isinstance(name, str) or not name:
                 raise JSONRPCError("invalid params: tools/call needs a tool name", jsonrpc.INVALID_PARAMS)
+            if has_control(name):
+                raise JSONRPCError("invalid params: a tool name must not contain control characters",
+                                   jsonrpc.INVALID_PARAMS)
             ex.resource_type, ex.resource_name = "tool", name[:200]
             ann = await s.tools.annotations(server, name)
             [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
@@ -111,12 +129,17 @@ class MCPHandler:
             return
         await reserve(s, call, 0)
 
-    async def _forward(self, call: Call, server: str, msg: Message | None) -> None:
+    async def _forward(self, call: Call, server: str, msg: Message | None, opening: Opening | None) -> None:
         ex, send, hdrs = call.ex, call.send, call.headers
         on_response = self._on_response(ex, server, msg)
+        session = hdrs.get("mcp-session-id")
+        if session and msg is not None:
+            await self.streams.wait_opened(server, session, self.s.settings.tools.servers[server].connect_timeout_s)
         async with timed(ex):
             resp = await self.s.tool_transports[server].send(call.scope["method"], call.body,
                                                              forward_headers(hdrs, ex.request_id))
+            if opening is not None:
+                opening.done()  # the server has the stream now: the session's POSTs may go
             try:
                 ex.status = resp.status
                 sid = resp.headers.get("mcp-session-id")

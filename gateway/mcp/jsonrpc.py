@@ -20,6 +20,7 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020  # 2026-07-28: an Mcp-* header disagrees with the body
 # The gateway's own refusals. MCP reserves -32020..-32099 and advises against
 # -32000..-32019, so these sit outside the JSON-RPC range, styled on HTTP statuses.
+AUTHENTICATION_REQUIRED = -31401
 POLICY_DENIED = -31403
 RATE_LIMITED = -31429
 UPSTREAM_UNAVAILABLE = -31502
@@ -28,6 +29,7 @@ UPSTREAM_TIMEOUT = -31504
 # A gateway refusal's JSON-RPC code, by GatewayError.kind.
 CODES = {
     "invalid_request": INVALID_REQUEST,
+    "authentication": AUTHENTICATION_REQUIRED,
     "permission": POLICY_DENIED,
     "rate_limited": RATE_LIMITED,
     "upstream": UPSTREAM_UNAVAILABLE,

@@ -14,7 +14,8 @@ from gateway.types import LimitResult, Usage
 
 NAME = "anthropic"
 
-ACTIONS = {"/v1/messages": "llm.messages"}
+ACTIONS = {"/v1/messages": "llm.messages", "/v1/messages/count_tokens": "llm.count_tokens"}
+_COUNT_TOKENS = "/v1/messages/count_tokens"
 
 _ERROR_TYPES = {
     "invalid_request": "invalid_request_error",
@@ -35,6 +36,8 @@ def parse(path: str, raw: bytes) -> Parsed:
     model = require_model(body)
     if not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages: field required", param="messages")
+    if path == _COUNT_TOKENS:  # generates nothing: no max_tokens, no stream, no token reservation
+        return Parsed(action=ACTIONS[path], model=model, stream=False, body=body, raw=raw, generates=False)
     max_tokens = optional_int(body, "max_tokens")
     if max_tokens is None:
         raise InvalidRequest("max_tokens: field required", param="max_tokens")

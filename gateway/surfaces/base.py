@@ -1,6 +1,7 @@
 """What every client-facing surface provides to the pipeline."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +52,7 @@ class Parsed:
     max_field: str | None = None    # the body field that carries the output cap
     wants_usage: bool = False       # client asked for the usage chunk in a stream
     rewrite: bool = False           # body must be re-serialized before forwarding
+    generates: bool = True          # False (token counting): nothing to cap, no tokens to reserve
 
     def estimated_input_tokens(self) -> int:
         # ~4 bytes a token over the whole JSON body: an upper-leaning estimate,
@@ -88,11 +90,28 @@ def usage_object(raw: bytes) -> Any:
     return body.get("usage") if isinstance(body, dict) else None
 
 
+# Unicode's control characters (Cc): C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(value: str) -> bool:
+    return _CONTROL.search(value) is not None
+
+
+def check_name(value: str, field: str) -> str:
+    """Refuse a name (model, tool) with a control character: no provider or tool has one, and
+    the policy engines disagree on them (a NUL is regorus' internal glob placeholder)."""
+    if has_control(value):
+        raise InvalidRequest(f"{field} must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
+                             code=f"invalid_{field}", param=field)
+    return value
+
+
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", code="missing_model", param="model")
-    return model
+    return check_name(model, "model")
 
 
 def optional_int(body: dict[str, Any], field: str) -> int | None:

@@ -31,7 +31,9 @@ def rpc_code(err: GatewayError) -> int:
 
 
 def error_body(err: GatewayError, request_id: str, msg_id: Any = None, reasons: tuple[str, ...] = ()) -> bytes:
-    return jsonrpc.error_response(msg_id, rpc_code(err), err.message, error_data(err, request_id, reasons))
+    # Said outright: MCP clients show the message, and a 401 alone reads as "start OAuth".
+    message = f"authentication required: {err.message}" if err.kind == "authentication" else err.message
+    return jsonrpc.error_response(msg_id, rpc_code(err), message, error_data(err, request_id, reasons))
 
 
 id_headers = request_id_header

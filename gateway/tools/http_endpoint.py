@@ -15,7 +15,7 @@ from gateway.services import Services
 from gateway.stages.admission import refuse_denied, reserve
 from gateway.stages.forward import timed
 from gateway.surfaces import tools as surface
-from gateway.surfaces.base import load_json_object
+from gateway.surfaces.base import check_name, load_json_object
 from gateway.tools.govern import HTTP_SERVER
 
 # Request headers a tool may see; the agent's credential never travels.
@@ -36,6 +36,7 @@ class HTTPToolHandler:
         assert ex.agent is not None and ex.principal is not None
         name = call.scope.get("path_params", {}).get("name", "")
         ex.action, ex.resource_type, ex.resource_name, ex.upstream = "tool.call", "tool", name[:200], HTTP_SERVER
+        check_name(name, "tool")
         tool = s.settings.tools.http.get(name)
         if tool is None or s.tools is None:
             raise NotFound(f"the tool {name} does not exist or is not served by this gateway", code="tool_not_found")

@@ -79,12 +79,21 @@ deny contains sprintf("unknown tier %v", [tier]) if not tiers.known(tier)
 
 deny contains sprintf("unknown maturity %v", [agent_maturity]) if not maturity.known(agent_maturity)
 
+# Undefined for an unknown action, or a complexity the config maps to no known maturity.
+required_maturity := maturity.required_for(action, resource) if maturity.known_action(action)
+
 deny contains msg if {
 	maturity.known(agent_maturity)
-	maturity.known_action(action) # guards the undefined complexity of an unknown action
-	c := maturity.complexity(action, resource)
-	not maturity.sufficient(agent_maturity, c)
-	msg := sprintf("maturity %s below required %s for %s", [agent_maturity, maturity.required(c), target])
+	maturity.rank[agent_maturity] < maturity.rank[required_maturity]
+	msg := sprintf("maturity %s below required %s for %s", [agent_maturity, required_maturity, target])
+}
+
+# Fail closed: a complexity with no required maturity (0, 5, "2" in the data, a
+# missing entry) must not switch the maturity check off.
+deny contains msg if {
+	maturity.known_action(action)
+	not required_maturity
+	msg := sprintf("no required maturity is configured for %s", [target])
 }
 
 deny contains msg if {

@@ -226,3 +226,50 @@ test_unknown_mcp_method_denied if {
 	d := decision with input as mcp_input(4, "autonomous", "mcp.sampling.createMessage", orders_server)
 	d.reasons == ["unknown action mcp.sampling.createMessage"]
 }
+
+test_tool_call_needs_tool_name if {
+	d := decision with input as {"agent": agent(4, "autonomous"), "action": "tool.call", "resource": {"type": "tool", "server": "orders"}}
+	d.allow == false
+	d.reasons == ["tool.call needs a tool name"]
+	e := decision with input as tool_input(4, "autonomous", "tool.call", 42, {})
+	e.reasons == ["tool.call needs a tool name"]
+}
+
+test_architect_uses_dotted_slashed_and_colon_models if {
+	every model in ["gpt-4.1-nano", "gemini-1.5-pro", "claude-sonnet-4.5", "openai/gpt-4o", "llama3:8b"] {
+		decision.allow with input as model_input(4, "autonomous", "llm.chat", model)
+	}
+	decision.allow with input as model_input(2, "intern", "llm.messages", "claude-sonnet-4.5")
+	d := decision with input as model_input(3, "autonomous", "llm.chat", "gemini-1.5-pro")
+	d.reasons == ["tier 3 may not use model gemini-1.5-pro"]
+}
+
+# llm.count_tokens (Anthropic's /v1/messages/count_tokens) is cheap: complexity 1,
+# like llm.models, for the models the tier may use.
+test_count_tokens_for_reachable_models if {
+	decision.allow with input as model_input(0, "student", "llm.count_tokens", "gpt-4o-mini")
+	decision.allow with input as model_input(1, "student", "llm.count_tokens", "claude-haiku-4-5")
+	d := decision with input as model_input(1, "student", "llm.count_tokens", "claude-sonnet-4-5")
+	d.reasons == ["tier 1 may not use model claude-sonnet-4-5"]
+	e := decision with input as {"agent": agent(1, "student"), "action": "llm.count_tokens", "resource": {"type": "model"}}
+	e.reasons == ["llm.count_tokens needs a model name"]
+}
+
+# A complexity the config maps to no maturity must deny, never switch the check off.
+test_out_of_range_complexity_fails_closed if {
+	every c in [0, 5, "2", 2.5, null] {
+		d := decision with input as model_input(4, "autonomous", "llm.chat", "gpt-4o-mini")
+			with data.portcullis.config.action_complexity as {"llm.chat": c}
+		d.allow == false
+		d.reasons == ["no required maturity is configured for llm.chat"]
+	}
+}
+
+test_out_of_range_tool_complexity_fails_closed if {
+	d := decision with input as tool_input(4, "autonomous", "tool.call", "refund_order", refund_order)
+		with data.portcullis.config.tool_servers.orders.tool_complexity as {"refund_order": 7}
+	d.reasons == ["no required maturity is configured for tool.call refund_order"]
+	e := decision with input as tool_input(4, "autonomous", "tool.call", "read_orders", read_orders)
+		with data.portcullis.config.min_maturity_for_complexity as {"1": "student", "2": "junior"}
+	e.reasons == ["no required maturity is configured for tool.call read_orders"]
+}

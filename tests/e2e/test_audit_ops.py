@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
 import pytest
 
+from tests.support import audit_backends
+from tests.support.audit_backends import BACKENDS
 from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, copy_policies
+from tests.support.waiting import eventually
 
 MSG = [{"role": "user", "content": "audit me"}]
+ENV = {"PATH": "/usr/bin:/bin", **PROVIDER_KEYS}  # the CLI gets no credentials of its own
 
 
 def cli(*args, env=None):
@@ -40,8 +42,16 @@ def mixed_traffic(gw) -> list[str]:
     return rids
 
 
-def test_every_outcome_gets_one_row_without_secrets_and_chain_verifies(make_gateway):
-    gw = make_gateway()
+@pytest.fixture(params=BACKENDS)
+def audit_backend(request, tmp_path, loop_thread):
+    """Each audit store (PostgreSQL: the machine's, one table per test; a must under CI)."""
+    b = audit_backends.backend(request.param, tmp_path)
+    yield b
+    loop_thread.run(b.cleanup())
+
+
+def test_every_outcome_gets_one_row_without_secrets_and_chain_verifies(audit_backend, make_gateway, loop_thread):
+    gw = make_gateway(**audit_backend.overrides)
     rids = mixed_traffic(gw)
     rows = [gw.audit_row(r) for r in rids]
     assert [(r["decision"], r["status"]) for r in rows] == [
@@ -50,23 +60,43 @@ def test_every_outcome_gets_one_row_without_secrets_and_chain_verifies(make_gate
     assert json.loads(deny["reasons"]) == ["tier 1 may not use model gpt-4o"]
     assert json.loads(deny["policy_input"])["resource"] == {"type": "model", "name": "gpt-4o", "upstream": "openai"}
     assert deny["input_digest"] and deny["policy_revision"]
+    assert [r["seq"] for r in gw.audit_rows()] == [1, 2, 3, 4, 5]
     gw.stop()  # flushes the queue
-    blob = gw.audit_db.read_bytes() + b"".join(p.read_bytes() for p in gw.audit_db.parent.glob("audit.db-wal"))
-    for secret in [*KEYS.values(), *PROVIDER_KEYS.values(), "pk-bogus"]:
-        assert secret.encode() not in blob
-    env = {"PATH": "/usr/bin:/bin", **PROVIDER_KEYS}
-    tail = cli("audit", "tail", "-n", "10", "--config", str(gw.config_path), env=env)
-    assert tail.returncode == 0 and all(r in tail.stdout for r in rids), tail.stdout + tail.stderr
-    ok = cli("audit", "verify", "--config", str(gw.config_path), env=env)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
 
-    con = sqlite3.connect(gw.audit_db)
-    con.execute("UPDATE audit_log SET decision = 'allow' WHERE request_id = ?", (rids[1],))
-    con.commit()
-    con.close()
-    bad = cli("audit", "verify", "--config", str(gw.config_path), env=env)
-    assert bad.returncode == 1
-    assert "edited" in bad.stdout and f"seq {deny['seq']}" in bad.stdout
+    stored = loop_thread.run(audit_backend.stored_bytes())
+    assert all(rid.encode() in stored for rid in rids)  # the dump does hold the rows
+    for secret in [*KEYS.values(), *PROVIDER_KEYS.values(), "pk-bogus"]:
+        assert secret.encode() not in stored
+    tail = cli("audit", "tail", "-n", "10", "--config", str(gw.config_path), env=ENV)
+    assert tail.returncode == 0 and all(r in tail.stdout for r in rids), tail.stdout + tail.stderr
+    ok = cli("audit", "verify", "--config", str(gw.config_path), env=ENV)
+    assert ok.returncode == 0 and "chain test: 5 rows, ok" in ok.stdout, ok.stdout + ok.stderr
+
+    def tamper(sql: str, *args) -> None:
+        assert loop_thread.run(audit_backend.sql(sql, *args)) == 1
+
+    tamper("UPDATE {t} SET decision = 'allow' WHERE request_id = $1", rids[1])
+    bad = cli("audit", "verify", "--config", str(gw.config_path), env=ENV)
+    assert bad.returncode == 1 and f"BROKEN at seq {deny['seq']}: edited" in bad.stdout, bad.stdout + bad.stderr
+    tamper("UPDATE {t} SET decision = 'deny' WHERE request_id = $1", rids[1])
+    assert cli("audit", "verify", "--config", str(gw.config_path), env=ENV).returncode == 0
+    tamper("DELETE FROM {t} WHERE seq = 3")
+    bad = cli("audit", "verify", "--config", str(gw.config_path), env=ENV)
+    assert bad.returncode == 1 and "BROKEN at seq 4: deleted rows before seq 4" in bad.stdout, bad.stdout
+
+
+def test_a_client_supplied_nul_does_not_wedge_the_audit(audit_backend, make_gateway):
+    """PostgreSQL text refuses NUL; a 404 path or model name with one must still be stored."""
+    gw = make_gateway(**audit_backend.overrides)
+    nul = httpx.get(gw.url + "/nope%00x")  # no credential needed to reach the audit
+    ok = client(gw, "architect").chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+    row = gw.audit_row(nul.headers["x-request-id"])
+    assert row["status"] == 404
+    gw.audit_row(ok.headers["x-request-id"])
+    gw.stop()
+    r = cli("audit", "verify", "--config", str(gw.config_path), env=ENV)
+    assert r.returncode == 0 and "2 rows, ok" in r.stdout, r.stdout + r.stderr
+    assert "/nope\x00x" in cli("audit", "tail", "--config", str(gw.config_path), env=ENV).stdout
 
 
 def test_hot_reload_swaps_policy_and_rejects_broken_set(make_gateway, tmp_path):
@@ -80,14 +110,6 @@ def test_hot_reload_swaps_policy_and_rejects_broken_set(make_gateway, tmp_path):
     data["tiers"]["1"]["models"].append("gpt-4o")
     data_file.write_text(json.dumps(data))
 
-    def wait_for(pred, what):
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"hot reload did not happen: {what}")
-
     def allowed():
         try:
             c.chat.completions.create(model="gpt-4o", messages=MSG)
@@ -95,13 +117,13 @@ def test_hot_reload_swaps_policy_and_rejects_broken_set(make_gateway, tmp_path):
         except openai.PermissionDeniedError:
             return False
 
-    wait_for(allowed, "tier 1 should now reach gpt-4o")  # cached denial did not survive the reload
+    eventually(allowed, "the reload letting tier 1 reach gpt-4o", interval=0.1)  # no cached denial survives
     metrics = httpx.get(gw.url + "/metrics").text
     revision_line = next(ln for ln in metrics.splitlines() if ln.startswith("portcullis_policy_info"))
 
     (pol / "portcullis" / "broken.rego").write_text("package portcullis\n\nthis is not rego {\n")
-    wait_for(lambda: 'portcullis_policy_reloads_total{result="rejected"}' in httpx.get(gw.url + "/metrics").text,
-             "the broken set should be rejected and counted")
+    eventually(lambda: 'portcullis_policy_reloads_total{result="rejected"}' in httpx.get(gw.url + "/metrics").text,
+               "the broken set to be rejected and counted", interval=0.1)
     assert allowed()  # the last good set stays active
     now = httpx.get(gw.url + "/metrics").text
     assert revision_line in now

@@ -15,6 +15,8 @@ import pytest
 from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, Gateway, gateway_config
 from tests.support.redis_process import RedisProcess, delete_prefix, refusing_url
 from tests.support.services import redis_url, unique
+from tests.support.upstream_server import request_id
+from tests.support.waiting import at_least, eventually
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -29,13 +31,8 @@ def fleet(make_gateway):
     delete_prefix(url, prefix)
 
 
-def wait_for_rows(gws: list[Gateway], n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = [r for gw in gws for r in gw.audit_rows()]
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.02)
+def wait_for_rows(gws: list[Gateway], n: int) -> list[dict[str, Any]]:
+    return eventually(at_least(n, lambda: [r for gw in gws for r in gw.audit_rows()]), f"{n} audit rows across the fleet")
 
 
 async def test_two_gateways_sharing_redis_admit_exactly_the_requests_limit(fleet):
@@ -73,13 +70,14 @@ async def test_two_gateways_sharing_redis_admit_exactly_the_requests_limit(fleet
 async def test_two_gateways_sharing_redis_cannot_overshoot_the_token_budget(fleet, upstream):
     clients = [openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEYS["architect"], max_retries=0)
                for gw in fleet]
-    before = len(upstream.requests)
+    tags = [request_id() for _ in range(100)]
 
     async def one(i: int) -> Any:
         try:
             # fault-slow holds every admitted request until the read timeout (504), so
             # nothing is settled while the others arrive.
-            await clients[i % 2].chat.completions.create(model="fault-slow", messages=MSG, max_tokens=16384)
+            await clients[i % 2].chat.completions.create(model="fault-slow", messages=MSG, max_tokens=16384,
+                                                         extra_headers={"x-request-id": tags[i]})
         except openai.RateLimitError as e:
             return e.code
         except openai.APIStatusError as e:
@@ -95,7 +93,8 @@ async def test_two_gateways_sharing_redis_cannot_overshoot_the_token_budget(flee
     # bucket refills ~16,667 tokens/s: at most one more request per second of the run.
     assert 60 <= admitted <= 60 + int(elapsed) + 1, (admitted, elapsed)
     assert results.count("rate_limit_exceeded") == 100 - admitted
-    assert len(upstream.requests) - before == admitted  # nothing forwarded unreserved
+    # exactly the admitted requests were forwarded, once each: nothing unreserved
+    assert [len(upstream.received(t)) for t in tags] == [int(r == 504) for r in results]
 
 
 def test_losing_redis_gives_503_in_openai_format_audited_then_recovers(make_gateway, tmp_path):

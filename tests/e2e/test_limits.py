@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.support.harness import KEYS
+from tests.support.upstream_server import request_id
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -46,20 +47,21 @@ def test_allowed_responses_carry_ratelimit_headers(make_gateway):
 async def test_concurrent_token_reservations_cannot_overshoot(make_gateway, upstream):
     gw = make_gateway()
     c = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEYS["architect"], max_retries=0)
-    before = len(upstream.requests)
+    tags = [request_id() for _ in range(80)]
 
-    async def one():
+    async def one(tag: str):
         try:
             # fault-slow holds every admitted request until the gateway's read
             # timeout (504), so no reservation is settled while others arrive.
-            await c.chat.completions.create(model="fault-slow", messages=MSG, max_tokens=16384)
+            await c.chat.completions.create(model="fault-slow", messages=MSG, max_tokens=16384,
+                                            extra_headers={"x-request-id": tag})
         except openai.RateLimitError as e:
             return e.code
         except openai.APIStatusError as e:
             return e.status_code
 
     t0 = time.monotonic()
-    results = await asyncio.gather(*(one() for _ in range(80)))
+    results = await asyncio.gather(*(one(tag) for tag in tags))
     elapsed = time.monotonic() - t0
     await c.close()
     admitted = results.count(504)
@@ -68,7 +70,8 @@ async def test_concurrent_token_reservations_cannot_overshoot(make_gateway, upst
     # at most one more request per second of the run: never more than that.
     assert 60 <= admitted <= 60 + int(elapsed) + 1, (admitted, elapsed)
     assert results.count("rate_limit_exceeded") == 80 - admitted
-    assert len(upstream.requests) - before == admitted  # nothing forwarded unreserved
+    # exactly the admitted requests were forwarded, once each: nothing unreserved
+    assert [len(upstream.received(t)) for t in tags] == [int(r == 504) for r in results]
 
 
 def test_settled_usage_returns_unused_tokens(make_gateway):

@@ -17,6 +17,7 @@ import pytest
 from tests.support import mcp1, mcp2
 from tests.support.harness import KEYS, Gateway, LoopThread, copy_policies
 from tests.support.mcp_orders_server import PROGRESS_MESSAGES, RESOURCE_URI, OrdersServer
+from tests.support.waiting import at_least, eventually
 
 EXPECTED = {
     "observer": set(),
@@ -45,13 +46,8 @@ def run(loop_thread: LoopThread, client: str, url: str, agent: str, ops: list[di
     return loop_thread.run(mcp2.run_ops(url, ops, bearer(agent), mode=mode), timeout=120)
 
 
-def rows_eventually(gw: Gateway, where: str, args: tuple, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = gw.audit_rows(where, args)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.02)
+def rows_eventually(gw: Gateway, where: str, args: tuple, n: int) -> list[dict[str, Any]]:
+    return eventually(at_least(n, lambda: gw.audit_rows(where, args)), f"{n} audit rows where {where} {args}")
 
 
 @pytest.fixture
@@ -194,6 +190,8 @@ def test_unknown_server_is_404(mcp_gateway: Callable[..., Gateway]) -> None:
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": []}', -32602, "params must be an object"),
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}', -32602, "needs a tool name"),
     (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}', -32600, "id must be"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_orders\\u0000"}}',
+     -32602, "control characters"),
 ])
 def test_malformed_json_rpc(mcp_gateway: Callable[..., Gateway], orders: OrdersServer,
                             raw: bytes, code: int, message: str) -> None:

@@ -5,6 +5,7 @@ import openai
 import pytest
 
 from tests.support.harness import KEYS, PROVIDER_KEYS
+from tests.support.upstream_server import request_id
 
 MSG = [{"role": "user", "content": "hello from the tests"}]
 
@@ -18,12 +19,14 @@ def aclient(gw, agent):
 
 
 def test_intern_chats_and_row_records_usage(gateway, upstream):
-    raw = client(gateway, "intern-bot").chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
+    tag = request_id()  # what this request sent upstream is found by it
+    raw = client(gateway, "intern-bot").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, extra_headers={"x-request-id": tag})
     completion = raw.parse()
     assert completion.choices[0].message.content == "You said: hello from the tests"
     rid = raw.headers["x-request-id"]
     # the provider key was injected and the agent's own key never left the gateway
-    sent = upstream.requests[-1]
+    [sent] = upstream.received(tag)
     assert sent.headers["authorization"] == "Bearer " + PROVIDER_KEYS["TEST_OPENAI_KEY"]
     assert KEYS["intern-bot"] not in repr(sent.headers)
     row = gateway.audit_row(rid)
@@ -36,8 +39,11 @@ def test_intern_chats_and_row_records_usage(gateway, upstream):
 
 
 def test_obligation_caps_output_when_client_sets_none(gateway, upstream):
-    client(gateway, "intern-bot").chat.completions.create(model="gpt-4o-mini", messages=MSG)
-    assert upstream.requests[-1].json()["max_completion_tokens"] == 2048  # tier 1 obligation
+    tag = request_id()
+    client(gateway, "intern-bot").chat.completions.create(model="gpt-4o-mini", messages=MSG,
+                                                          extra_headers={"x-request-id": tag})
+    [sent] = upstream.received(tag)
+    assert sent.json()["max_completion_tokens"] == 2048  # tier 1 obligation
 
 
 def test_stream_passes_chunks_and_hides_unrequested_usage(gateway):

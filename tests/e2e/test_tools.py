@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.harness import KEYS, Gateway
 from tests.support.mcp_orders_server import OrdersServer
-from tests.support.upstream_server import UpstreamServer
+from tests.support.upstream_server import UpstreamServer, request_id
 
 
 @pytest.fixture
@@ -44,11 +44,10 @@ def call_tool(gw: Gateway, agent: str, name: str, args: dict[str, Any]) -> httpx
 def test_http_tool_forwards_for_an_allowed_agent(tools_gateway: Callable[..., Gateway],
                                                  upstream: UpstreamServer) -> None:
     gw = tools_gateway()
-    before = len(upstream.requests)
     raw = call_tool(gw, "intern-bot", "weather", {"city": "Oslo"})
     assert raw.status_code == 200
     assert json.loads(raw.content) == {"city": "Oslo", "forecast": "sunny", "temp_c": 21, "method": "POST"}
-    [seen] = upstream.requests[before:]
+    [seen] = upstream.received(raw.headers["x-request-id"])  # the gateway's own id goes to the tool
     assert seen.path == "/tools/weather" and "authorization" not in seen.headers
     row = gw.audit_row(raw.headers["x-request-id"])
     assert (row["action"], row["resource_type"], row["resource_name"], row["upstream"], row["api"]) == \
@@ -70,13 +69,13 @@ def test_http_tool_get_sends_arguments_as_query(tools_gateway: Callable[..., Gat
 def test_http_tool_refused_in_openai_format(tools_gateway: Callable[..., Gateway], upstream: UpstreamServer,
                                             agent: str, tool: str, reason: str) -> None:
     gw = tools_gateway()
-    before = len(upstream.requests)
     with pytest.raises(openai.PermissionDeniedError) as exc:
         call_tool(gw, agent, tool, {"city": "Oslo"})
     body = exc.value.body
     assert reason in body["message"] and body["code"] == "tool_not_allowed"
-    assert len(upstream.requests) == before  # never forwarded
-    row = gw.audit_row(exc.value.response.headers["x-request-id"])
+    rid = exc.value.response.headers["x-request-id"]
+    assert upstream.received(rid) == []  # never forwarded
+    row = gw.audit_row(rid)
     assert (row["decision"], row["status"], row["resource_name"]) == ("deny", 403, tool)
     assert reason in json.loads(row["reasons"])
 
@@ -98,6 +97,16 @@ def test_http_tool_errors(tools_gateway: Callable[..., Gateway]) -> None:
     assert (row["decision"], row["status"], row["error"]) == ("allow", 500, "tool broken answered 500")
 
 
+@pytest.mark.parametrize("name", ["weather%00", "weather%0A", "weather%1B"])
+def test_http_tool_name_with_control_character_is_400(tools_gateway: Callable[..., Gateway],
+                                                      upstream: UpstreamServer, name: str) -> None:
+    gw = tools_gateway()
+    r = httpx.post(f"{gw.url}/tools/{name}", json={}, headers={"authorization": "Bearer " + KEYS["architect"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_tool"
+    assert upstream.received(r.headers["x-request-id"]) == []
+    assert gw.audit_row(r.headers["x-request-id"])["status"] == 400
+
+
 def test_http_tool_down_is_502(make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway(tools={"http": {"gone": {"url": "http://127.0.0.1:9/x", "connect_timeout_s": 2}}})
     with pytest.raises(openai.InternalServerError) as exc:
@@ -112,16 +121,16 @@ def fn(name: str) -> dict[str, Any]:
 def test_chat_declaring_a_forbidden_tool_is_refused(tools_gateway: Callable[..., Gateway],
                                                     upstream: UpstreamServer) -> None:
     gw = tools_gateway()
-    before = len(upstream.requests)
+    tag = request_id()
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client(gw, "intern-bot").chat.completions.create(
-            model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}],
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": tag},
             tools=[fn("orders__read_orders"), fn("mcp__orders__delete_customer"), fn("wipe_cache"), fn("local_fn")])
     msg = exc.value.body["message"]
     assert exc.value.body["code"] == "tool_not_allowed"
     assert "mcp__orders__delete_customer" in msg and "wipe_cache" in msg
     assert "orders__read_orders" not in msg and "local_fn" not in msg
-    assert len(upstream.requests) == before
+    assert upstream.received(tag) == []  # never forwarded
     row = gw.audit_row(exc.value.response.headers["x-request-id"])
     assert (row["action"], row["decision"], row["status"]) == ("llm.chat", "deny", 403)
     assert json.loads(row["reasons"]) == ["maturity intern below required autonomous for tool.call delete_customer",

@@ -1,7 +1,6 @@
 """Audit row builders and writer helpers shared by the audit test modules."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from gateway.audit.writer import AuditWriter
@@ -58,9 +57,3 @@ async def write_events(store, tmp_path: Path, n: int, start: int = 0, **kw) -> A
 
 async def rows_of(store) -> list[dict]:
     return [r async for r in store.iter_chain()]
-
-
-async def until(cond) -> None:
-    """Poll a condition; pytest-timeout bounds the wait, so no timing threshold here."""
-    while not cond():
-        await asyncio.sleep(0.005)

@@ -11,7 +11,7 @@ import shutil
 import socket
 import sqlite3
 import threading
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
@@ -20,6 +20,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
+from tests.support.waiting import eventually, eventually_async
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -55,18 +56,37 @@ def free_socket() -> socket.socket:
     return sock
 
 
-async def serve(app: Any, **config: Any) -> tuple[uvicorn.Server, "asyncio.Task[None]", int]:
+@dataclass
+class Served:
+    """An app under uvicorn on 127.0.0.1:`port`, on the loop that started it."""
+    server: uvicorn.Server
+    task: "asyncio.Task[None]"
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def serve(app: Any, **config: Any) -> Served:
     """Run `app` under uvicorn on a free 127.0.0.1 port on the running loop; returns once it listens."""
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=1, **config))
+    options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 1, **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+
+    def listening() -> bool:
         if task.done():
             task.result()  # surface the startup failure
             raise RuntimeError("server exited during startup")
-        await asyncio.sleep(0.01)
-    return server, task, sock.getsockname()[1]
+        return server.started
+
+    await eventually_async(listening, "uvicorn to listen", timeout=60)  # startup may compile policies
+    return Served(server, task, sock.getsockname()[1])
 
 
 def gateway_config(tmp: Path, upstream_url: str, policy_dir: Path | None = None, **overrides: Any) -> Path:
@@ -112,36 +132,25 @@ class Gateway:
         self.loop = loop
         self.settings: Settings = load_settings(config_path, {**PROVIDER_KEYS, **(environ or {})})
         self.config_path = config_path
-        self._sock = free_socket()
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.app: Any = None
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._served: Served | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._served is not None, "start() the gateway first"
+        return self._served.url
 
     async def _start(self) -> None:
         self.app = create_app(self.settings)
-        config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False, proxy_headers=False,
-                                timeout_graceful_shutdown=5)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("gateway exited during startup")
-            await asyncio.sleep(0.01)
-
-    async def _stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        self._served = await serve(self.app, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=5)
 
     def start(self) -> "Gateway":
         self.loop.run(self._start())
         return self
 
     def stop(self) -> None:
-        self.loop.run(self._stop())
+        if self._served is not None:
+            self.loop.run(self._served.stop())
 
     @property
     def audit_db(self) -> Path:
@@ -161,16 +170,11 @@ class Gateway:
             con.close()
 
     def audit_row(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The row for a request, polling while the batched writer catches up."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.audit_rows("request_id = ?", (request_id,))
-            if rows:
-                assert len(rows) == 1, f"{len(rows)} audit rows for {request_id}"
-                return rows[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no audit row for {request_id} after {timeout}s")
-            time.sleep(0.02)
+        """The row for a request, once the batched writer has written it."""
+        rows = eventually(lambda: self.audit_rows("request_id = ?", (request_id,)),
+                          f"the audit row of {request_id}", timeout=timeout)
+        assert len(rows) == 1, f"{len(rows)} audit rows for {request_id}"
+        return rows[0]
 
 
 def copy_policies(dst: Path) -> Path:

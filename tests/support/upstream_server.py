@@ -1,6 +1,8 @@
 """A local provider for tests: wire.py's formats over a real uvicorn socket.
 
-Records every request, and injects faults chosen by the request's model name:
+Records each request under the x-request-id it arrived with, so a test reads what
+its own request sent (`received(rid)`) however many tests share the server. It
+injects faults chosen by the request's model name:
   fault-500              answers 500 with an OpenAI error body
   fault-slow             waits `slow_s` before answering (longer than a short read timeout)
   fault-stall-midstream  streams a few events, then goes silent for `slow_s`
@@ -9,18 +11,18 @@ Records every request, and injects faults chosen by the request's model name:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from adapters.upstream import wire
-from tests.support.harness import serve
+from tests.support.harness import Served, serve
 
 FAULT_EVENTS = 3  # events sent before a mid-stream fault
 
@@ -33,42 +35,50 @@ class Recorded:
     body: bytes
 
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        return orjson.loads(self.body) if self.body else None
 
 
 class _Dropped(Exception):
     """Raised inside a streaming body: uvicorn then closes the socket mid-response."""
 
 
+def request_id() -> str:
+    """A fresh x-request-id for a test to send, and to look its request up by."""
+    return f"test-{uuid.uuid4().hex}"
+
+
 @dataclass
 class UpstreamServer:
     slow_s: float = 5.0
-    requests: list[Recorded] = field(default_factory=list)
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
-    _port: int = 0
+    _received: dict[str, list[Recorded]] = field(default_factory=dict)
+    _served: Served | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        assert self._served is not None, "start() the server first"
+        return self._served.url
+
+    def received(self, request_id: str) -> list[Recorded]:
+        """What arrived with this x-request-id: [] if it was never forwarded."""
+        return list(self._received.get(request_id, ()))
 
     async def start(self) -> None:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
-        self._server, self._task, self._port = await serve(_drops_quietly(app), lifespan="off")
+        self._served = await serve(_drops_quietly(app), lifespan="off")
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
+        if self._served is not None:
+            await self._served.stop()
+            self._served = None
 
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
-        self.requests.append(Recorded(request.method, request.url.path,
-                                      {k.lower(): v for k, v in request.headers.items()}, body))
+        seen = Recorded(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()}, body)
+        if rid := seen.headers.get("x-request-id"):
+            self._received.setdefault(rid, []).append(seen)
         if request.url.path.startswith("/tools/"):
             return self._tool(request, body)
-        api = "anthropic" if request.url.path == "/v1/messages" else "openai"
+        api = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
         try:
             parsed = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:

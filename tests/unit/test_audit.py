@@ -1,4 +1,7 @@
-"""Audit chain, writer and SQLite store, against real SQLite files in tmp_path."""
+"""Audit chain, verify and writer, and what only the SQLite store has, on real files in tmp_path.
+
+What every store must do is tested once for all of them in test_audit_stores.py.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,13 +13,13 @@ import pytest
 
 from adapters.audit.sqlite import SQLiteAuditStore
 from gateway.audit.chain import (
-    CHAIN_FIELDS, GENESIS, ROW_FIELDS, ChainConflict, event_to_row, link, row_from_store,
+    CHAIN_FIELDS, GENESIS, ROW_FIELDS, event_to_row, link, row_from_store,
 )
 from gateway.audit.verify import format_report, tail_text, verify
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError, Unavailable
-from gateway.protocols import AuditStore
-from tests.support.audit_rows import CHAIN, Metrics, event, rows_of, settings, until, write_events
+from tests.support.audit_rows import CHAIN, Metrics, event, rows_of, settings, write_events
+from tests.support.waiting import eventually_async
 
 
 @pytest.fixture
@@ -71,31 +74,7 @@ def test_row_from_store_does_not_repair_tampered_values():
     assert link(GENESIS, row_from_store(row | {"stream": 2})) != row["hash"]
 
 
-# ---- store ----------------------------------------------------------------------
-
-
-async def test_store_implements_protocol_and_rows_round_trip(store, tmp_path):
-    assert isinstance(store, AuditStore)
-    await write_events(store, tmp_path, 20)
-    rows = await rows_of(store)
-    assert all(tuple(r) == ROW_FIELDS for r in rows)  # no extra (secret) columns
-    assert [r["seq"] for r in rows] == list(range(1, 21))
-    assert rows[3]["stream"] is False and rows[3]["cache_hit"] is True
-    assert rows[3]["policy_input"] == dict(event(3).policy_input)
-    assert await store.last_link(CHAIN) == (20, rows[-1]["hash"])
-    assert await store.last_link("other") is None
-
-
-async def test_insert_batch_is_idempotent_but_refuses_a_different_row(store, tmp_path):
-    await write_events(store, tmp_path, 5)
-    rows = await rows_of(store)
-    await store.insert_batch(rows)  # a replay of rows already stored
-    assert len(await rows_of(store)) == 5
-    forged = dict(rows[2], hash="f" * 64)
-    with pytest.raises(ChainConflict):
-        await store.insert_batch([forged])
-    assert issubclass(ChainConflict, BackendError)
-    assert (await rows_of(store))[2]["hash"] == rows[2]["hash"]
+# ---- the SQLite store -------------------------------------------------------------
 
 
 async def test_writable_and_insert_fail_while_another_connection_locks(store, db, tmp_path):
@@ -142,38 +121,13 @@ async def test_two_chains_verify_independently(store, tmp_path):
     assert report.ok and {c.chain_id: c.rows for c in report.chains} == {CHAIN: 10, "replica-b": 7}
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE audit_log SET decision = 'deny' WHERE seq = 37",
-    "UPDATE audit_log SET latency_ms = latency_ms + 0.001 WHERE seq = 37",
-    "UPDATE audit_log SET policy_input = json_set(policy_input, '$.agent.tier', 4) WHERE seq = 37",
-])
-async def test_edited_row_is_reported(store, db, tmp_path, sql):
+async def test_a_json_edit_in_sqlite_is_reported(store, db, tmp_path):
     await write_events(store, tmp_path, 100)
     with raw(db) as conn:
+        sql = "UPDATE audit_log SET policy_input = json_set(policy_input, '$.agent.tier', 4) WHERE seq = 37"
         assert conn.execute(sql).rowcount == 1
-    report = await verify(store)
-    assert not report.ok and report.rows == 100
-    b = report.chains[0].first_break
+    b = (await verify(store)).chains[0].first_break
     assert (b.chain_id, b.seq, b.reason) == (CHAIN, 37, "edited")
-    text, code = format_report(report)
-    assert code == 1 and "BROKEN at seq 37: edited" in text
-
-
-async def test_deleted_middle_row_is_reported(store, db, tmp_path):
-    await write_events(store, tmp_path, 100)
-    with raw(db) as conn:
-        conn.execute("DELETE FROM audit_log WHERE seq = 50")
-    b = (await verify(store)).chains[0].first_break
-    assert (b.seq, b.reason) == (51, "deleted rows before seq 51")
-    assert format_report(await verify(store))[1] == 1
-
-
-async def test_deleted_first_row_is_reported(store, db, tmp_path):
-    await write_events(store, tmp_path, 10)
-    with raw(db) as conn:
-        conn.execute("DELETE FROM audit_log WHERE seq = 1")
-    b = (await verify(store)).chains[0].first_break
-    assert (b.seq, b.reason) == (2, "deleted rows before seq 2")
 
 
 async def test_forged_inserted_row_is_reported(store, db, tmp_path):
@@ -228,23 +182,6 @@ async def test_aclose_flushes_everything_queued(store, tmp_path):
     assert len(await rows_of(store)) == 50 and w.depth == 0
 
 
-async def test_restart_continues_the_chain(db, tmp_path):
-    for n, start in ((300, 0), (200, 300)):
-        s = SQLiteAuditStore(settings(), db)
-        await s.start()
-        await write_events(s, tmp_path, n, start=start)
-        await s.aclose()
-    s = SQLiteAuditStore(settings(), db)
-    await s.start()
-    try:
-        rows = await rows_of(s)
-        assert [r["seq"] for r in rows] == list(range(1, 501))
-        assert rows[300]["prev_hash"] == rows[299]["hash"]
-        assert (await verify(s)).ok
-    finally:
-        await s.aclose()
-
-
 def spool_lines(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
 
@@ -255,19 +192,19 @@ async def test_store_down_spools_then_replays(store, db, tmp_path):
     w = AuditWriter(store, settings(), spool, metrics)
     await w.start()
     await w.record(event(0))
-    await until(lambda: w.depth == 0)
+    await eventually_async(lambda: w.depth == 0, "the first row written")
     lock = raw(db)
     lock.execute("BEGIN EXCLUSIVE")
     try:
         for i in range(1, 301):
             await w.record(event(i))
-        await until(lambda: w.depth == 0)  # durable, though the store is locked
+        await eventually_async(lambda: w.depth == 0, "300 rows durable in the spool")  # the store is locked
         assert spool_lines(spool) == 300 and metrics.failures >= 1
         assert lock.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 1
     finally:
         lock.rollback()
         lock.close()
-    await until(lambda: not spool.exists())  # the periodic retry replays it
+    await eventually_async(lambda: not spool.exists(), "the periodic retry to replay the spool")
     for i in range(301, 351):
         await w.record(event(i))
     await w.aclose()
@@ -290,7 +227,7 @@ async def test_spool_from_an_earlier_run_is_replayed_on_start(store, db, tmp_pat
         await w.start()
         for i in range(30, 40):
             await w.record(event(i))
-        await until(lambda: w.depth == 0)
+        await eventually_async(lambda: w.depth == 0, "10 more rows in the spool")
         assert spool_lines(spool) == 30
     finally:
         lock.rollback()
@@ -325,7 +262,7 @@ async def test_queue_full_refuse_raises_unavailable(store, tmp_path):
     assert exc.value.status == 503
     for i in range(3):
         w.submit(event(i))
-    await until(lambda: w.depth == 0)
+    await eventually_async(lambda: w.depth == 0, "3 rows durable")
     await w.record(event(3))  # slots are back once rows are durable
     await w.aclose()
     assert len(await rows_of(store)) == 4

@@ -7,71 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.audit.postgres import PostgresAuditStore
-from adapters.audit.sqlite import SQLiteAuditStore
 from gateway.audit.chain import GENESIS, ROW_FIELDS, ChainConflict, event_to_row, link
-from gateway.audit.verify import verify
+from gateway.audit.verify import format_report, verify
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError
 from gateway.protocols import AuditStore
-from tests.support import pg
+from tests.support import audit_backends
+from tests.support.audit_backends import BACKENDS
 from tests.support.audit_rows import CHAIN, event, rows_of, settings, write_events
-from tests.support.services import pg_dsn, unique
 
 
-class SQLiteBackend:
-    table = "audit_log"
-
-    def __init__(self, tmp: Path) -> None:
-        self.db = tmp / "var" / "audit.db"
-        self.stores: list[Any] = []
-
-    def store(self, **kw: Any) -> SQLiteAuditStore:
-        s = SQLiteAuditStore(settings(**kw), self.db)
-        self.stores.append(s)
-        return s
-
-    async def sql(self, stmt: str, *args: Any) -> int:
-        con = sqlite3.connect(self.db, isolation_level=None, timeout=5)
-        try:
-            return con.execute(stmt.format(t=self.table).replace("$1", "?"), args).rowcount
-        finally:
-            con.close()
-
-    async def cleanup(self) -> None:
-        for s in self.stores:
-            await s.aclose()
-
-
-class PostgresBackend(SQLiteBackend):
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.table = unique("audit_t_")
-        self.stores = []
-
-    def store(self, **kw: Any) -> PostgresAuditStore:
-        s = PostgresAuditStore(settings(backend="postgres", dsn=self.dsn, table=self.table, **kw))
-        self.stores.append(s)
-        return s
-
-    async def sql(self, stmt: str, *args: Any) -> int:
-        status = await pg.execute(self.dsn, stmt.format(t=f'"{self.table}"'), *args)
-        return int(status.rsplit(" ", 1)[-1])
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        await pg.drop_table(self.dsn, self.table)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 async def backend(request, tmp_path):
-    b = SQLiteBackend(tmp_path) if request.param == "sqlite" else PostgresBackend(pg_dsn())
+    b = audit_backends.backend(request.param, tmp_path)
     yield b
     await b.cleanup()
 
@@ -243,11 +195,15 @@ async def test_an_edited_row_fails_verify(backend, store, tmp_path, stmt):
     assert not report.ok and report.rows == 100
     b = report.chains[0].first_break
     assert (b.chain_id, b.seq, b.reason) == (CHAIN, 37, "edited")
+    text, code = format_report(report)
+    assert code == 1 and "BROKEN at seq 37: edited" in text
 
 
-async def test_a_deleted_middle_row_fails_verify(backend, store, tmp_path):
+@pytest.mark.parametrize("seq", [1, 50], ids=["first", "middle"])
+async def test_a_deleted_row_fails_verify(backend, store, tmp_path, seq):
     await write_events(store, tmp_path, 100)
-    assert await backend.sql("DELETE FROM {t} WHERE seq = $1", 50) == 1
+    assert await backend.sql("DELETE FROM {t} WHERE seq = $1", seq) == 1
     report = await verify(store)
     b = report.chains[0].first_break
-    assert report.rows == 99 and (b.seq, b.reason) == (51, "deleted rows before seq 51")
+    assert report.rows == 99 and (b.seq, b.reason) == (seq + 1, f"deleted rows before seq {seq + 1}")
+    assert format_report(report)[1] == 1

@@ -1,7 +1,6 @@
 """RegorusEngine against the real default policies, plus reloads and failures on tmp copies."""
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -9,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from adapters.policy.bundle import collect
+from adapters.policy.bundle import collect, vocabulary
 from adapters.policy.regorus_engine import RegorusEngine
 from gateway.errors import PolicyCompileError, PolicyError
 from gateway.protocols import PolicyEngine
 from gateway.settings import PolicySettings
+from tests.support.waiting import eventually_async
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies_rego"
 STATIC = PolicySettings(hot_reload=False)
@@ -197,11 +197,8 @@ async def test_hot_reload_picks_up_data_change(policy_copy: Path) -> None:
         data = json.loads(data_file.read_text())
         data["tiers"]["1"]["models"].append("gpt-4o")
         data_file.write_text(json.dumps(data, indent=2))
-        for _ in range(200):  # poll up to ~10 s; the watcher debounces changes
-            if e.revision != before:
-                break
-            await asyncio.sleep(0.05)
-        assert e.revision != before
+        # the watcher debounces changes
+        await eventually_async(lambda: e.revision != before, "the watcher to reload the data", interval=0.05)
         assert e.evaluate(gpt4o).allow
         assert recorder.calls == [(e.revision, None)]
     finally:
@@ -348,7 +345,8 @@ async def test_default_set_runs_compiled_and_matches_interpreter_on_odd_inputs()
         await e.start()
     try:
         assert await engines[0].compiled_ready() == "compiled"
-        docs = corpus(collect(POLICIES).data)
+        files = collect(POLICIES)
+        docs = corpus(files, vocabulary(files.data))
         assert len(docs) > 1000
         compiled, interpreted = ([e.evaluate(d) for d in docs] for e in engines)
         assert compiled == interpreted

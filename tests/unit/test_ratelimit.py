@@ -20,16 +20,10 @@ from adapters.ratelimit.redis import RedisRateLimiter
 from gateway.errors import BackendError
 from gateway.settings import LimitsSettings
 from gateway.types import Limits
+from tests.support.clock import Clock
 from tests.support.redis_process import RedisProcess, delete_prefix, refusing_url
 from tests.support.services import redis_url, unique
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.waiting import eventually_async
 
 
 class Limiters:
@@ -226,15 +220,18 @@ async def test_buckets_refill_on_redis_clock_and_idle_keys_expire(redis_limiters
         # each key lives until its bucket is full again: 10 s for 1 request, 60 s for 60,000 tokens
         assert 0 < await client.pttl(f"{p}{{a}}:r") <= 10_001
         assert 0 < await client.pttl(f"{p}{{a}}:t") <= 60_001
-        deadline = time.monotonic() + 30
-        while not (await lim.reserve("a", limits, 500)).allowed:  # about half a second
-            assert time.monotonic() < deadline, "the tokens bucket never refilled"
-            await asyncio.sleep(0.05)
+
+        async def refilled() -> bool:
+            return (await lim.reserve("a", limits, 500)).allowed
+
+        await eventually_async(refilled, "the tokens bucket to refill", interval=0.05)  # about half a second
         fast = Limits(requests_per_minute=60_000, tokens_per_minute=60_000)  # full again within ms
         assert (await lim.reserve("b", fast, 1)).allowed
-        while await client.exists(f"{p}{{b}}:r", f"{p}{{b}}:t"):  # an idle bucket is no key
-            assert time.monotonic() < deadline, "idle bucket keys never expired"
-            await asyncio.sleep(0.01)
+
+        async def expired() -> bool:  # an idle bucket is no key
+            return not await client.exists(f"{p}{{b}}:r", f"{p}{{b}}:t")
+
+        await eventually_async(expired, "the idle bucket's keys to expire")
 
 
 async def test_settling_back_to_full_deletes_the_key(redis_limiters):
@@ -257,12 +254,12 @@ async def test_batched_settles_arrive_summed_and_on_close(redis_limiters):
     await lim.settle(r1.reservation, 100)
     await lim.settle(r2.reservation, 100)  # 500 + 200 come back, later
     assert not (await lim.reserve("a", limits, 500)).allowed  # not yet: the wait only admits less
-    for _ in range(200):
-        await asyncio.sleep(0.02)
-        r = await lim.reserve("a", limits, 500)
-        if r.allowed:
-            break
-    assert r.allowed and r.remaining_tokens == 300  # 100 + 700 back - 500
+
+    async def admitted() -> Any:
+        return (r := await lim.reserve("a", limits, 500)).allowed and r
+
+    r = await eventually_async(admitted, "the batched settles to arrive", interval=0.02)
+    assert r.remaining_tokens == 300  # 100 + 700 back - 500
     await lim.settle(r.reservation, 0)  # waiting at close: applied by aclose
     await lim.aclose()
     other = await redis_limiters.make(Clock(), settle_flush_ms=50)

@@ -4,7 +4,7 @@ import pytest
 
 from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.surfaces import anthropic, openai
-from gateway.surfaces.base import SSESplitter
+from gateway.sse import SSESplitter
 
 
 def chat(**kw):

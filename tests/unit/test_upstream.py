@@ -23,7 +23,7 @@ from adapters.upstream.mock import MockUpstream
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.protocols import Upstream
 from gateway.settings import UpstreamSettings
-from tests.support.upstream_server import FAULT_EVENTS, UpstreamServer
+from tests.support.upstream_server import FAULT_EVENTS, UpstreamServer, request_id
 
 PROMPT = "please tell me a short story about a lighthouse keeper and a very curious seagull"
 ANSWER = wire.ANSWER_PREFIX + PROMPT
@@ -160,18 +160,20 @@ async def test_http_streamed(server: UpstreamServer, path: str) -> None:
 
 
 async def test_openai_key_injected_and_client_credentials_dropped(server: UpstreamServer) -> None:
+    tag = request_id()
     async with http_upstream(server.url, "openai") as up:
         resp = await send_json(up, "/v1/chat/completions", body_for("/v1/chat/completions"),
                                authorization="Bearer client-key", **{
                                    "x-api-key": "client-key", "cookie": "session=abc",
-                                   "x-request-id": "req-42", "openai-beta": "assistants=v2",
+                                   "x-request-id": tag, "openai-beta": "assistants=v2",
                                    "x-forwarded-for": "10.0.0.1", "te": "trailers"})
         await resp.read()
-    seen = server.requests[-1].headers
+    [sent] = server.received(tag)
+    seen = sent.headers
     assert seen["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert "x-api-key" not in seen and "cookie" not in seen and "x-forwarded-for" not in seen
     assert "te" not in seen
-    assert seen["x-request-id"] == "req-42" and seen["openai-beta"] == "assistants=v2"
+    assert seen["x-request-id"] == tag and seen["openai-beta"] == "assistants=v2"
     assert seen["accept-encoding"] == "identity"
     assert "client-key" not in orjson.dumps(seen).decode()
 
@@ -180,14 +182,16 @@ async def test_openai_key_injected_and_client_credentials_dropped(server: Upstre
                                                       ("2024-10-22", "2024-10-22")])
 async def test_anthropic_key_and_version(server: UpstreamServer, client_version: str | None,
                                          expected: str) -> None:
-    headers = {"authorization": "Bearer client-key", "x-api-key": "client-key"}
+    tag = request_id()
+    headers = {"authorization": "Bearer client-key", "x-api-key": "client-key", "x-request-id": tag}
     if client_version:
         headers["anthropic-version"] = client_version
     async with http_upstream(server.url, "anthropic") as up:
         resp = await send_json(up, "/v1/messages", body_for("/v1/messages"), **headers)
         assert resp.status == 200
         await resp.read()
-    seen = server.requests[-1].headers
+    [sent] = server.received(tag)
+    seen = sent.headers
     assert seen["x-api-key"] == UPSTREAM_KEY
     assert "authorization" not in seen
     assert seen["anthropic-version"] == expected

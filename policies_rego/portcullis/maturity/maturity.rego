@@ -2,7 +2,8 @@
 # title: Maturity versus action complexity
 # description: |
 #   Each action has a complexity (1-4); complexity n needs at least the maturity
-#   that data.portcullis.config.min_maturity_for_complexity names for n.
+#   that data.portcullis.config.min_maturity_for_complexity names for n, and a
+#   complexity it names none for is refused (see required_for).
 #   Tool calls take their complexity from the config when the tool is listed
 #   there, else from its MCP annotations when the server's are trusted.
 package portcullis.maturity
@@ -74,10 +75,20 @@ trusted(resource) if tiers.server(object.get(resource, ["server"], null)).trust_
 
 # METADATA
 # title: Required maturity
-# description: The lowest maturity allowed to perform an action of this complexity.
-required(complexity) := cfg.min_maturity_for_complexity[format_int(complexity, 10)]
+# description: |
+#   The lowest maturity allowed to perform an action of this complexity;
+#   undefined for a complexity the config gives no maturity (0, 5, "2").
+required(complexity) := cfg.min_maturity_for_complexity[format_int(complexity, 10)] if {
+	is_number(complexity)
+	round(complexity) == complexity
+}
 
 # METADATA
-# title: Maturity sufficient
-# description: True when the maturity ranks at or above the one the complexity requires.
-sufficient(maturity, complexity) if rank[maturity] >= rank[required(complexity)]
+# title: Required maturity for an action
+# description: |
+#   The required maturity of the action on this resource, when it is a known
+#   maturity; undefined otherwise, and the decision then denies (fail closed).
+required_for(action, resource) := m if {
+	m := required(complexity(action, resource))
+	known(m)
+}

@@ -14,7 +14,7 @@ test_rank_order if {
 }
 
 test_known_actions if {
-	every a in ["llm.models", "llm.chat", "llm.completion", "llm.embedding", "llm.messages", "llm.responses", "tool.list", "tool.call"] {
+	every a in ["llm.models", "llm.count_tokens", "llm.chat", "llm.completion", "llm.embedding", "llm.messages", "llm.responses", "tool.list", "tool.call"] {
 		maturity.known_action(a)
 	}
 	not maturity.known_action("llm.images")
@@ -22,7 +22,7 @@ test_known_actions if {
 }
 
 test_complexity_1_actions if {
-	every a in ["llm.models", "llm.embedding", "tool.list"] {
+	every a in ["llm.models", "llm.count_tokens", "llm.embedding", "tool.list"] {
 		maturity.complexity(a, {}) == 1
 	}
 }
@@ -67,13 +67,27 @@ test_required_maturity if {
 	maturity.required(4) == "autonomous"
 }
 
-test_sufficient_boundaries if {
-	maturity.sufficient("student", 1)
-	not maturity.sufficient("student", 2)
-	maturity.sufficient("intern", 2)
-	not maturity.sufficient("intern", 3)
-	maturity.sufficient("supervised", 3)
-	not maturity.sufficient("supervised", 4)
-	maturity.sufficient("autonomous", 4)
-	not maturity.sufficient("expert", 1)
+test_required_for_actions_and_tools if {
+	maturity.required_for("llm.models", {}) == "student"
+	maturity.required_for("llm.count_tokens", {}) == "student"
+	maturity.required_for("llm.chat", {}) == "intern"
+	maturity.required_for("tool.call", tool("read_orders", {"readOnlyHint": true})) == "intern"
+	maturity.required_for("tool.call", tool("refund_order", {})) == "supervised"
+	maturity.required_for("tool.call", tool("delete_customer", {"destructiveHint": true})) == "autonomous"
+	not maturity.required_for("llm.images", {})
+}
+
+test_out_of_range_complexity_has_no_required_maturity if {
+	every c in [0, 5, -1, 2.5, "2", null, true] {
+		not maturity.required(c)
+		not maturity.required_for("llm.chat", {}) with data.portcullis.config.action_complexity as {"llm.chat": c}
+	}
+}
+
+test_required_maturity_must_be_known if {
+	not maturity.required_for("llm.chat", {}) with data.portcullis.config.min_maturity_for_complexity as {"2": "junior"}
+}
+
+test_missing_annotation_complexity_has_no_required_maturity if {
+	not maturity.required_for("tool.call", tool("read_orders", {"readOnlyHint": true})) with data.portcullis.config.tool_annotation_complexity as {"default": 3}
 }

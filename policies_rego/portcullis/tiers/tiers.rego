@@ -32,18 +32,25 @@ model_patterns(tier) := {p |
 
 # METADATA
 # title: Model reachable
-# description: True when some pattern of the tier matches the model name (no glob delimiters).
+# description: True when some pattern of the tier matches the model name.
 model_allowed(tier, name) if {
 	is_string(name)
 	some p in model_patterns(tier)
-	glob.match(p, [], name)
+
+	# null: no delimiters, so `*` spans the dots, slashes and colons of names like
+	# gpt-4.1-nano, openai/gpt-4o or llama3:8b. An empty list means ["."] in OPA
+	# and regorus alike: `*` would stop at the first dot.
+	glob.match(p, null, name)
 }
+
+# Functions here use guarded definitions rather than `else` chains: regorus'
+# compiled VM mishandles an undefined `else` value, and the gateway runs it.
+# (A blank line keeps this apart from the METADATA block below: OPA reads the
+# whole comment block that starts with `# METADATA` as YAML.)
 
 # METADATA
 # title: Tool server settings
 # description: The server's entry in the config merged over the defaults.
-# (Functions here use guarded definitions rather than `else` chains: regorus'
-# compiled VM mishandles an undefined `else` value, and the gateway runs it.)
 server(name) := object.union(cfg.tool_server_defaults, object.get(cfg.tool_servers, [name], {})) if is_string(name)
 
 server(name) := cfg.tool_server_defaults if not is_string(name)

@@ -103,3 +103,44 @@ test_obligations_unknown_tier_empty if {
 	tiers.obligations(7) == {}
 	tiers.obligations("x") == {}
 }
+
+# Model names with dots, slashes and colons at every tier: globs have no
+# delimiters, so `*` spans them (an empty delimiter list would mean ["."]).
+test_tier0_separator_names if {
+	every name in ["gpt-4.1-nano", "gpt-4o-mini.x", "openai/gpt-4o-mini", "gpt-4o-mini:latest"] {
+		not tiers.model_allowed(0, name)
+	}
+}
+
+test_tier1_separator_names if {
+	every name in ["claude-haiku-4.5", "claude-3-5-haiku-2024.10.22", "claude-haiku-4.5:beta", "claude-haiku-x/y", "gpt-4.1-mini"] {
+		tiers.model_allowed(1, name)
+	}
+	every name in ["gpt-4.1-nano", "gpt-4.1-mini:ft", "openai/gpt-4.1-mini", "claude-sonnet-4.5"] {
+		not tiers.model_allowed(1, name)
+	}
+}
+
+test_tier2_separator_names if {
+	every name in ["claude-sonnet-4.5", "claude-sonnet-4.5:thinking", "claude-3-7-sonnet-2025.02.19", "claude-sonnet-4/eu", "gpt-4.1"] {
+		tiers.model_allowed(2, name)
+	}
+	every name in ["gemini-1.5-pro", "openai/gpt-4o", "gpt-4o:ft", "claude-opus-4.1"] {
+		not tiers.model_allowed(2, name)
+	}
+}
+
+test_tier3_separator_names if {
+	every name in ["o3-mini.2025", "o1:preview", "o4-mini/high", "claude-opus-4.1"] {
+		tiers.model_allowed(3, name)
+	}
+	every name in ["gpt-4.1-nano", "gemini-1.5-pro", "openai/o3-mini", "llama3:8b"] {
+		not tiers.model_allowed(3, name)
+	}
+}
+
+test_tier4_separator_names if {
+	every name in ["gpt-4.1-nano", "gemini-1.5-pro", "claude-sonnet-4.5", "openai/gpt-4o", "llama3:8b", "meta-llama/Llama-3.1-8B:free"] {
+		tiers.model_allowed(4, name)
+	}
+}
