@@ -17,7 +17,8 @@ from typing import Callable
 import watchfiles
 
 from gateway.directory import AgentDirectory
-from gateway.settings import ConfigError, load_agents
+from gateway.agents_file import load_agents
+from gateway.configbase import ConfigError
 from gateway.watch import reload_on_change
 
 log = logging.getLogger("portcullis.agents")

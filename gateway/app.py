@@ -20,7 +20,8 @@ from gateway.metrics import Metrics
 from gateway.pipeline import LLMHandler
 from gateway.services import Services
 from gateway.routing import ModelRouter
-from gateway.settings import ConfigError, Settings, load_agents
+from gateway.agents_file import load_agents
+from gateway.settings import ConfigError, Settings
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from gateway.settings import AgentsFile, KeyEntry
+from gateway.agents_file import AgentsFile, KeyEntry
 from gateway.types import Agent, Principal, Vocabulary
 
 

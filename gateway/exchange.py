@@ -63,7 +63,8 @@ class Governed:
 
     def __init__(self, services: Services, handler: Handler, *, surface: Surface | None = None,
                  choose: Callable[[dict[str, Any]], Surface] | None = None,
-                 methods: tuple[str, ...] | None = ("POST",), identity: str = "required") -> None:
+                 methods: tuple[str, ...] | None = ("POST",), identity: str = "required",
+                 challenge: Callable[[dict[str, Any]], bytes] | None = None) -> None:
         assert (surface is None) != (choose is None), "give a surface or a way to choose one"
         self.s = services
         self._surface = surface
@@ -71,6 +72,8 @@ class Governed:
         self.handler = handler
         self.methods = methods
         self.identity_required = identity == "required"
+        # A 401 must say how to authenticate (RFC 9110 11.6.1); MCP names its OAuth metadata.
+        self.challenge = challenge or (lambda scope: b"Bearer")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s = self.s
@@ -99,6 +102,8 @@ class Governed:
         except GatewayError as e:
             if e.outcome is not None:
                 ex.outcome = e.outcome
+            if e.status == 401:
+                call.extra.append((b"www-authenticate", self.challenge(scope)))
             await send_error(call, e)
         except ClientGone:
             ex.status, ex.error = 499, "client disconnected before sending the whole body"

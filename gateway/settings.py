@@ -8,38 +8,19 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gateway import registry
+from gateway.agents_file import load_agents
+from gateway.configbase import ConfigError, Model, checked, problems_of, read_yaml
 from gateway.mcp import origin
 
-
-class ConfigError(Exception):
-    """A configuration problem; `problems` is a list of (key path, reason)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(f"{path}: {reason}" for path, reason in problems))
+__all__ = ["ConfigError", "Settings", "check", "load_settings"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _checked(problem: Callable[[str], str | None]) -> AfterValidator:
-    def check(v: str) -> str:
-        if (reason := problem(v)) is not None:
-            raise ValueError(reason)
-        return v
-    return AfterValidator(check)
-
-
-class ServerSettings(_Model):
+class ServerSettings(Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
@@ -49,11 +30,11 @@ class ServerSettings(_Model):
     public_url: str | None = Field(None, pattern=r"^https?://[^/?#@]+/?$")
     # Host and Origin values /mcp accepts (DNS-rebinding protection, gateway/mcp/origin.py):
     # host names (any port), name:port or *; origins scheme://host[:port] or * beyond those hosts.
-    allowed_hosts: list[Annotated[str, _checked(origin.host_entry_problem)]] = list(origin.LOOPBACK)
-    allowed_origins: list[Annotated[str, _checked(origin.origin_entry_problem)]] = []
+    allowed_hosts: list[Annotated[str, checked(origin.host_entry_problem)]] = list(origin.LOOPBACK)
+    allowed_origins: list[Annotated[str, checked(origin.origin_entry_problem)]] = []
 
 
-class JWTSettings(_Model):
+class JWTSettings(Model):
     issuer: str
     audience: str
     algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
@@ -87,14 +68,14 @@ class JWTSettings(_Model):
         return self
 
 
-class IdentitySettings(_Model):
+class IdentitySettings(Model):
     agents_file: str = "agents.yaml"
     hot_reload: bool = True  # swap in an edited agents file; a broken one is rejected, the old one kept
     anonymous_agent: str | None = None  # off unless named explicitly
     jwt: JWTSettings | None = None
 
 
-class OutputCapSettings(_Model):
+class OutputCapSettings(Model):
     """Per surface, a request asking for more output tokens than its max_output_tokens
     obligation is clamped to it (with a response header saying so) or refused with 400.
     Anthropic clients (langchain-anthropic, litellm) send the model's maximum by default."""
@@ -102,7 +83,7 @@ class OutputCapSettings(_Model):
     anthropic: Literal["clamp", "refuse"] = "clamp"
 
 
-class PolicySettings(_Model):
+class PolicySettings(Model):
     backend: str = "regorus"
     dir: str = "../policies_rego"
     fail: Literal["closed", "open"] = "closed"
@@ -133,12 +114,12 @@ class PolicySettings(_Model):
         return getattr(self.max_output_tokens, surface, "refuse") == "clamp"
 
 
-class CacheSettings(_Model):
+class CacheSettings(Model):
     backend: str = "memory"
     max_entries: int = Field(100_000, gt=0)  # least recently used decisions go first beyond this
 
 
-class LimitsSettings(_Model):
+class LimitsSettings(Model):
     backend: str = "memory"  # memory (one process) | redis (exact across replicas) | module:Class
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Keys of one gateway fleet share this prefix; no braces: the agent id is the cluster hash tag.
@@ -151,7 +132,7 @@ class LimitsSettings(_Model):
     redis_pool_wait_s: float = Field(5.0, gt=0)  # longest wait for a free one (a burst is not an outage)
 
 
-class AuditSettings(_Model):
+class AuditSettings(Model):
     backend: str = "sqlite"  # sqlite (embedded) | postgres (fleet) | module:Class
     path: str = "var/audit.db"  # sqlite file
     dsn: str = "postgresql://127.0.0.1:5432/portcullis"  # postgres
@@ -169,7 +150,7 @@ class AuditSettings(_Model):
     retry_interval_s: float = Field(2.0, gt=0)
 
 
-class UpstreamSettings(_Model):
+class UpstreamSettings(Model):
     provider: Literal["openai", "anthropic", "mock"]
     base_url: str | None = None
     api_key_env: str | None = None
@@ -186,7 +167,7 @@ class UpstreamSettings(_Model):
         return self
 
 
-class RouteSettings(_Model):
+class RouteSettings(Model):
     match: str  # glob on the model name, e.g. "gpt-*"
     upstream: str
     models: list[str] = []  # concrete names offered by GET /v1/models (globs cannot be listed)
@@ -195,7 +176,7 @@ class RouteSettings(_Model):
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # tool and server names: URL- and function-name-safe
 
 
-class _ToolEndpoint(_Model):
+class _ToolEndpoint(Model):
     url: str = Field(pattern=r"^https?://")
     api_key_env: str | None = None  # sent as "Authorization: Bearer ..."; never the agent's credential
     api_key: str | None = Field(None, exclude=True, repr=False)  # resolved at load
@@ -218,7 +199,7 @@ class HTTPToolSettings(_ToolEndpoint):
     annotations: dict[str, bool] = {}
 
 
-class ToolsSettings(_Model):
+class ToolsSettings(Model):
     servers: dict[str, MCPServerSettings] = {}
     http: dict[str, HTTPToolSettings] = {}
     # Refuse chat requests that offer the model a tool the agent may not call.
@@ -244,11 +225,11 @@ class ToolsSettings(_Model):
         return self
 
 
-class LoggingSettings(_Model):
+class LoggingSettings(Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class Settings(_Model):
+class Settings(Model):
     server: ServerSettings = ServerSettings()
     identity: IdentitySettings = IdentitySettings()
     policy: PolicySettings = PolicySettings()
@@ -281,105 +262,17 @@ class Settings(_Model):
         return q if q.is_absolute() else (Path(self.base_dir) / q).resolve()
 
 
-# ---- agents file -----------------------------------------------------------------
-
-class AgentEntry(_Model):
-    id: str
-    # Checked against the loaded policy's tiers and maturities (contract 1), not here.
-    tier: int
-    maturity: str
-    workspace: str
-    labels: dict[str, str] = {}
-    revoked: bool = False
-
-
-class KeyEntry(_Model):
-    id: str  # a non-secret label, safe to log and audit
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    workspace: str
-    agent: str | None = None  # pinned agent; None = workspace key
-
-
-class WorkspaceEntry(_Model):
-    default_agent: str | None = None
-
-
-class AgentsFile(_Model):
-    workspaces: dict[str, WorkspaceEntry] = {}
-    agents: list[AgentEntry] = []
-    keys: list[KeyEntry] = []
-
-    @model_validator(mode="after")
-    def _references(self) -> "AgentsFile":
-        """Every cross-reference at once, each at its own key path (serve would fail on any)."""
-        bad: list[tuple[tuple[str | int, ...], str]] = []
-        by_id: dict[str, AgentEntry] = {}
-        for i, a in enumerate(self.agents):
-            if a.id in by_id:
-                bad.append((("agents", i, "id"), f"duplicate agent id {a.id!r}"))
-            by_id.setdefault(a.id, a)
-            if a.workspace not in self.workspaces:
-                bad.append((("agents", i, "workspace"), _undeclared(a.workspace)))
-        for name, ws in self.workspaces.items():
-            default = by_id.get(ws.default_agent) if ws.default_agent else None
-            if ws.default_agent and (default is None or default.workspace != name):
-                bad.append((("workspaces", name, "default_agent"),
-                            f"{ws.default_agent!r} is not an agent of workspace {name!r}"))
-        hashes: dict[str, str] = {}
-        for i, k in enumerate(self.keys):
-            if k.workspace not in self.workspaces:
-                bad.append((("keys", i, "workspace"), _undeclared(k.workspace)))
-            elif k.agent and (k.agent not in by_id or by_id[k.agent].workspace != k.workspace):
-                bad.append((("keys", i, "agent"), f"{k.agent!r} is not an agent of workspace {k.workspace!r}"))
-            if k.sha256 in hashes:  # one key in two entries would make its workspace ambiguous
-                bad.append((("keys", i, "sha256"), f"{k.id!r} and {hashes[k.sha256]!r} share one key hash"))
-            hashes.setdefault(k.sha256, k.id)
-        if bad:
-            raise ValidationError.from_exception_data(type(self).__name__, [
-                InitErrorDetails(type=PydanticCustomError("reference", "{reason}", {"reason": reason}),
-                                 loc=loc, input=None) for loc, reason in bad])
-        return self
-
-
-def _undeclared(workspace: str) -> str:
-    return f"workspace {workspace!r} is not declared in workspaces"
-
-
 # ---- loading ---------------------------------------------------------------------
-
-def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        out.append((prefix + (loc or "(root)"), msg))
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        # libyaml's loader when present: a 5,000-agent file loads in 1.2 s instead of 5.7 s.
-        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError:
-        raise ConfigError([(str(path), "file not found")]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([(str(path), f"invalid YAML: {e}")]) from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise ConfigError([(str(path), "top level must be a mapping")])
-    return doc
-
 
 def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     """Load and validate a config file, resolving secrets from `environ`."""
     path = Path(path).resolve()
-    doc = _read_yaml(path)
+    doc = read_yaml(path)
     doc["base_dir"] = str(path.parent)
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(_problems(e)) from None
+        raise ConfigError(problems_of(e)) from None
     problems = _backend_problems(settings)
     upstreams = {}
     for name, up in settings.upstreams.items():
@@ -419,14 +312,6 @@ def _backend_problems(settings: Settings) -> list[tuple[str, str]]:
             except registry.RegistryError as e:
                 problems.append((key, str(e)))
     return problems
-
-
-def load_agents(path: Path) -> AgentsFile:
-    doc = _read_yaml(path)
-    try:
-        return AgentsFile.model_validate(doc)
-    except ValidationError as e:
-        raise ConfigError(_problems(e, prefix=f"{path.name}: ")) from None
 
 
 def check(path: str | Path, environ: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -78,25 +78,3 @@ class ProtectedResource:
 
 async def _error(send: Any, status: int, code: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     await send_bytes(send, status, orjson.dumps({"error": code}), headers)
-
-
-class Challenging:
-    """Wraps the MCP endpoint: its 401 answers carry the WWW-Authenticate challenge.
-
-    The shell that resolves identity renders the 401 itself; the challenge depends on
-    the MCP route (server, Host, whether a credential was sent), so it is added here.
-    """
-
-    def __init__(self, app: Any, resource: ProtectedResource) -> None:
-        self.app = app
-        self.resource = resource
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        async def send_challenging(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                server = scope.get("path_params", {}).get("server", "")
-                challenge = (b"www-authenticate", self.resource.challenge(scope, server))
-                message = {**message, "headers": [*message.get("headers", ()), challenge]}
-            await send(message)
-        await self.app(scope, receive, send_challenging)
-

@@ -7,7 +7,7 @@ from starlette.routing import Route
 
 from gateway.exchange import Governed
 from gateway.mcp.endpoint import MCPHandler
-from gateway.mcp.oauth import WELL_KNOWN, Challenging, ProtectedResource
+from gateway.mcp.oauth import WELL_KNOWN, ProtectedResource
 from gateway.mcp.origin import HostAllowlist
 from gateway.services import Services
 from gateway.settings import ServerSettings
@@ -24,8 +24,9 @@ def host_allowlist(server: ServerSettings) -> HostAllowlist:
 def mcp_routes(services: Services) -> list[Route]:
     hosts = host_allowlist(services.settings.server)
     resource = ProtectedResource(services.settings, hosts)
-    endpoint = Governed(services, MCPHandler(services, hosts), surface=surface, methods=("POST", "GET", "DELETE"))
-    routes = [Route("/mcp/{server}", Challenging(endpoint, resource))]
+    endpoint = Governed(services, MCPHandler(services, hosts), surface=surface, methods=("POST", "GET", "DELETE"),
+                        challenge=lambda scope: resource.challenge(scope, scope.get("path_params", {}).get("server", "")))
+    routes = [Route("/mcp/{server}", endpoint)]
     if resource.enabled:  # no JWT issuer, no OAuth flow to discover: these stay 404
         routes += [Route(WELL_KNOWN, resource), Route(WELL_KNOWN + "/mcp/{server}", resource)]
     return routes

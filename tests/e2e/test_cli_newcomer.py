@@ -11,7 +11,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.settings import load_agents
+from gateway.agents_file import load_agents
 from tests.support.harness import KEYS, REPO
 
 MSG = [{"role": "user", "content": "hello"}]

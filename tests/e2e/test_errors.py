@@ -175,3 +175,15 @@ async def test_client_disconnect_mid_stream_is_recorded(gateway):
                 break  # read one chunk, then hang up while the upstream stalls
     [row] = await eventually_async(lambda: gateway.audit_rows("request_id = ?", (rid,)), f"the audit row of {rid}")
     assert rid not in before and row["error"] == "client disconnected mid-stream"
+
+
+@pytest.mark.parametrize("path,headers", [
+    ("/v1/chat/completions", {}),
+    ("/v1/messages", {"anthropic-version": "2023-06-01"}),
+    ("/tools/weather", {}),
+])
+def test_401_says_how_to_authenticate(gateway, path, headers):
+    """RFC 9110: a 401 carries WWW-Authenticate, on every surface (not only MCP)."""
+    r = httpx.post(gateway.url + path, json={}, headers={**headers, "authorization": "Bearer pk-nope"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "pk-nope" not in r.text

@@ -15,7 +15,7 @@ from gateway.agents_reload import AgentsReloader
 from gateway.directory import AgentDirectory
 from gateway.errors import AuthenticationFailed
 from gateway.keys import new_key
-from gateway.settings import load_agents
+from gateway.agents_file import load_agents
 from gateway.stages.identity import IdentityResolver
 from tests.support.harness import KEYS, REPO
 

@@ -100,7 +100,7 @@ def test_policy_copy_raises_only_the_rate_limits(tmp_path: Path) -> None:
 def test_generated_agents_load_and_keys_match(tmp_path: Path) -> None:
     from gateway.directory import AgentDirectory
     from gateway.keys import hash_key
-    from gateway.settings import load_agents
+    from gateway.agents_file import load_agents
 
     directory = AgentDirectory.from_file(load_agents(fixtures.write_agents(tmp_path / "a.yaml", 3)))
     entry = directory.key_by_hash(hash_key(fixtures.cold_key(2)))

@@ -13,7 +13,7 @@ from bench import baseline, fixtures, procs, report
 from bench.__main__ import parser
 from bench.run import Plan
 
-REV = "HEAD~1"  # a revision other than the working tree's, so a mix-up shows
+REV = "HEAD"  # the committed code: a worktree of it must run, not the working tree (paths tell them apart)
 
 
 def _git(*args: str, cwd: Path = fixtures.REPO) -> str:
@@ -91,7 +91,7 @@ def test_a_config_that_does_not_validate_there_is_an_error(checkout: baseline.Ch
     doc = yaml.safe_load(cfg.read_text())
     doc["server"]["only_in_a_newer_schema"] = True
     cfg.write_text(yaml.safe_dump(doc))
-    with pytest.raises(baseline.BaselineError, match="does not validate at HEAD~1") as e:
+    with pytest.raises(baseline.BaselineError, match="does not validate at HEAD") as e:
         baseline.validate_config(checkout, cfg)
     assert "only_in_a_newer_schema" in str(e.value)
 

@@ -27,7 +27,8 @@ from adapters.identity.jwt import JWTSource
 from gateway.directory import AgentDirectory
 from gateway.errors import AuthenticationFailed, GatewayError, Forbidden
 from gateway.keys import hash_key, new_key
-from gateway.settings import AgentsFile, ConfigError, JWTSettings, load_agents
+from gateway.agents_file import AgentsFile, load_agents
+from gateway.settings import ConfigError, JWTSettings
 from gateway.stages.identity import MISSING, IdentityResolver
 from tests.support.clock import Clock
 from tests.support.harness import Served, serve

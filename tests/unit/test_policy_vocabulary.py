@@ -20,7 +20,8 @@ from adapters.policy.regorus_engine import RegorusEngine
 from gateway.app import build_services
 from gateway.directory import AgentDirectory
 from gateway.errors import AuthenticationFailed, PolicyCompileError
-from gateway.settings import AgentsFile, JWTSettings, PolicySettings, check, load_settings
+from gateway.agents_file import AgentsFile
+from gateway.settings import JWTSettings, PolicySettings, check, load_settings
 from gateway.types import Vocabulary
 from tests.support.harness import PROVIDER_KEYS, gateway_config
 from tests.support.team_policy import RENAMED, TEAM_TIERS, own_vocabulary, team_policies
