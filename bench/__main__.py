@@ -1,4 +1,4 @@
-"""python -m bench run | micro | profile | ab  (see docs/performance.md)."""
+"""python -m bench run | micro | profile | ab | fuzz  (see docs/performance.md)."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ab.add_argument("--rounds", type=int, default=2, help="alternated rounds; the best is kept")
     ab.add_argument("--only", help="comma-separated experiment names (default: all)")
+    from bench.fuzz import add_arguments as fuzz_arguments
+    fuzz_arguments(sub.add_parser("fuzz", help="fuzz the request parsers and SSE usage readers (not in CI)"))
     return p
 
 
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "micro":
         from bench.micro import main as micro
         return micro(args)
+    if args.command == "fuzz":
+        from bench.fuzz import main as fuzz
+        return fuzz(args)
     if args.command == "ab":
         from bench.ab import main as ab
         return ab(args)

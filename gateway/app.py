@@ -12,9 +12,10 @@ from starlette.routing import Route, Router
 from gateway import registry
 from gateway.agents_reload import AgentsReloader
 from gateway.audit.writer import AuditWriter
+from gateway.bodyread import BodyReader
 from gateway.directory import AgentDirectory
 from gateway.endpoints import ModelsHandler, OpsEndpoints, not_found, surface_for
-from gateway.exchange import Governed
+from gateway.exchange import Governed, refuse_websocket
 from gateway.mcp.client import ToolLister
 from gateway.mcp.routes import mcp_routes
 from gateway.metrics import Metrics
@@ -80,11 +81,13 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
         upstreams=upstreams,
         audit=writer,
         metrics=metrics,
+        bodies=BodyReader(settings.server.max_body_bytes, settings.server.body_timeout_s),
         tools=ToolGovernor(tools, policy, catalog, lister.fetch),
         tool_transports=transports,
     )
     # Start order: audit first (so every request can be recorded), upstreams last.
-    backends = [store, writer, engine, cache, limiter, agents, *sources, *upstreams.values(), *transports.values()]
+    backends = [store, writer, services.bodies, engine, cache, limiter, agents, *sources,
+                *upstreams.values(), *transports.values()]
     return services, backends, (store, engine)
 
 
@@ -97,6 +100,8 @@ def create_app(settings: Settings) -> "GatewayApp":
             problems.append("policies not loaded")
         if not await store.writable():
             problems.append("audit store not writable")
+        if (audit_problem := services.audit.problem) is not None:
+            problems.append(audit_problem)
         return problems
 
     @contextlib.asynccontextmanager
@@ -124,6 +129,9 @@ def create_app(settings: Settings) -> "GatewayApp":
 
     ops = OpsEndpoints(services, ready_check)
     s = services
+    # Everything else is a 404 in the caller's format, audited; a bad credential is recorded
+    # but does not turn the 404 into a 401.
+    unknown = Governed(s, not_found, choose=surface_for, methods=None, identity="optional")
     exact: dict[str, Any] = {path: Governed(s, LLMHandler(s, surface, path), surface=surface)
                              for surface in (openai, anthropic) for path in surface.ACTIONS}
     models = Governed(s, ModelsHandler(s), choose=surface_for, methods=("GET",))
@@ -135,11 +143,12 @@ def create_app(settings: Settings) -> "GatewayApp":
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),
-        # Last: everything else is a 404 in the caller's format, audited; a bad
-        # credential is recorded but does not turn the 404 into a 401.
-        Route("/{path:path}", Governed(s, not_found, choose=surface_for, methods=None, identity="optional")),
+        Route("/{path:path}", unknown),  # last
     ]
-    return GatewayApp(exact, Router(routes=routes, lifespan=lifespan), services)
+    # `default`: targets no route can match (`OPTIONS *`, a path without its leading /) get the
+    # same audited 404 instead of Starlette's plain one; no unaudited slash redirects either.
+    router = Router(routes=routes, lifespan=lifespan, default=unknown, redirect_slashes=False)
+    return GatewayApp(exact, router, services)
 
 
 class GatewayApp:
@@ -161,4 +170,7 @@ class GatewayApp:
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return
+        elif scope["type"] == "websocket":
+            await refuse_websocket(self.state.services, scope, receive, send)
+            return
         await self.router(scope, receive, send)

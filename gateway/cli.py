@@ -100,16 +100,28 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.audit.heads import heads_path, load_heads
     from gateway.audit.verify import format_report, verify
+
+    # This host's writer's record of its chains (read before the store, which only grows).
+    settings = _settings(args.config)
+    path = heads_path(settings.path(settings.audit.spool_path))
+    try:
+        heads = load_heads(path)
+    except (OSError, ValueError) as e:
+        print(f"audit verify: {e}", file=sys.stderr)
+        return 1
 
     async def go() -> int:
         store = _audit_store(args)
         await store.start()
         try:
-            text, code = format_report(await verify(store))
+            text, code = format_report(await verify(store, heads))
         finally:
             await store.aclose()
         print(text)
+        if not heads:
+            print(f"no chain-head file at {path}: a wiped or replaced store cannot be detected from this host")
         return code
 
     return asyncio.run(go())

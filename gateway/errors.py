@@ -63,6 +63,15 @@ class PayloadTooLarge(GatewayError):
     status, kind, code = 413, "too_large", "payload_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The request body did not arrive within server.body_timeout_s."""
+    status, kind, code = 408, "invalid_request", "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    status, kind, code = 431, "too_large", "headers_too_large"
+
+
 class RateLimited(GatewayError):
     """A limiter refusal; `limit` is the LimitResult each surface renders as its own headers."""
     status, kind, code, outcome = 429, "rate_limited", "rate_limit_exceeded", "rate_limited"

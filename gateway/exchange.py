@@ -1,11 +1,18 @@
 """One governed exchange: the pure-ASGI shell around every audited endpoint.
 
-The shell owns what every surface shares: an audit queue slot before any work,
-the method check (405 with Allow), the body, the caller's identity, errors
-rendered in the surface's own format, and `finish()` (settle, one audit row,
-metrics, a log line for failures). An endpoint supplies only a handler that
-answers through `call.send` or raises a GatewayError, whose `outcome` becomes
-the audit row's decision.
+The shell owns what every surface shares: the header limits (431), the method
+check (405 with Allow), the body (413, 408 after server.body_timeout_s), an audit
+queue slot before any governed work, the caller's identity, errors rendered in
+the surface's own format, and `finish()` (settle, one audit row, metrics, a log
+line for failures). An endpoint supplies only a handler that answers through
+`call.send` or raises a GatewayError, whose `outcome` becomes the audit row's
+decision.
+
+The queue slot is taken after the body, so clients stalling their bodies hold no
+slot and cannot starve other agents. A request refused before that point still
+gets its row: it takes a slot then (`admit(early=True)`), from a small reserve
+when agents fill the queue. Either way no request does governed work, or gets
+an answer other than 503 "audit queue full", without a slot for its row.
 """
 from __future__ import annotations
 
@@ -14,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from gateway.context import Exchange
-from gateway.errors import GatewayError, MethodNotAllowed, RateLimited, Unavailable
-from gateway.http import ClientGone, header, headers_dict, read_body, send_bytes
+from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, RateLimited, Unavailable
+from gateway.http import ClientGone, header, headers_dict, send_bytes
 from gateway.services import Services
 from gateway.surfaces.base import Surface
 
@@ -77,21 +84,33 @@ class Governed:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         s = self.s
+        server = s.settings.server
         surface = self._surface or self._choose(scope)  # type: ignore[misc]
         ex = Exchange(request_id=s.request_ids(), api=surface.NAME,
-                      client_ip=client_ip(scope, s.settings.server.trust_forwarded_for))
-        try:  # an audit queue slot first: nothing is admitted unaudited
-            await s.audit.admit()
-        except Unavailable as err:
-            log.error("refused: %s", err.message, extra={"request_id": ex.request_id})
-            s.metrics.count_request(surface.NAME, "refused", 503)
-            await send_bytes(send, 503, surface.error_body(err, ex.request_id), surface.id_headers(ex.request_id))
-            return
+                      client_ip=client_ip(scope, server.trust_forwarded_for))
         call = Call(scope, receive, send, ex, surface, {}, b"")
-        try:
+        try:  # nothing governed yet: what fails here needs a slot only for its row
+            check_headers(scope["headers"], server.max_header_bytes, server.max_headers)
             if self.methods is not None and scope["method"] not in self.methods:
                 raise MethodNotAllowed(scope["method"], scope["path"][:200], self.methods)
-            call.body = await read_body(receive, s.settings.server.max_body_bytes, header(scope, b"content-length"))
+            call.body = await s.bodies.read(receive, header(scope, b"content-length"))
+        except Exception as e:
+            try:  # its row's slot, from the reserve if agents fill the queue
+                await s.audit.admit(early=True)
+            except Unavailable as err:
+                await self._refuse(call, err)
+                return
+            try:
+                await self._fail(call, e)
+            finally:
+                await finish(s, surface.NAME, ex)
+            return
+        try:  # a queue slot before any governed work: nothing is admitted unaudited
+            await s.audit.admit()
+        except Unavailable as err:
+            await self._refuse(call, err)
+            return
+        try:
             call.headers = headers_dict(scope)
             try:
                 ex.agent, ex.principal = await s.identity.resolve(call.headers)
@@ -99,20 +118,57 @@ class Governed:
                 if self.identity_required:
                     raise  # else: who asked is worth recording, but e.g. a 404 must not become a 401
             await self.handler(call)
-        except GatewayError as e:
+        except Exception as e:
+            await self._fail(call, e)
+        finally:
+            await finish(s, surface.NAME, ex)
+
+    async def _refuse(self, call: Call, err: Unavailable) -> None:
+        """No audit queue slot for this request's row: a 503, counted, without a row."""
+        rid, surface = call.ex.request_id, call.surface
+        log.error("refused: %s", err.message, extra={"request_id": rid})
+        self.s.metrics.count_request(surface.NAME, "refused", 503)
+        await send_bytes(call.send, 503, surface.error_body(err, rid), surface.id_headers(rid))
+
+    async def _fail(self, call: Call, e: Exception) -> None:
+        ex = call.ex
+        if isinstance(e, GatewayError):
             if e.outcome is not None:
                 ex.outcome = e.outcome
             if e.status == 401:
-                call.extra.append((b"www-authenticate", self.challenge(scope)))
+                call.extra.append((b"www-authenticate", self.challenge(call.scope)))
             await send_error(call, e)
-        except ClientGone:
+        elif isinstance(e, ClientGone):
             ex.status, ex.error = 499, "client disconnected before sending the whole body"
-        except Exception as e:  # a bug: still answer, still audit
-            log.exception("internal error", extra={"request_id": ex.request_id})
+        else:  # a bug: still answer, still audit
+            log.error("internal error", exc_info=e, extra={"request_id": ex.request_id})
             ex.outcome = "error"
             await send_error(call, GatewayError(f"internal gateway error ({type(e).__name__})"))
-        finally:
-            await finish(s, surface.NAME, ex)
+
+
+async def refuse_websocket(s: Services, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """No route serves WebSockets: close the handshake (the server answers 403), audited."""
+    ex = Exchange(request_id=s.request_ids(), api="websocket",
+                  client_ip=client_ip(scope, s.settings.server.trust_forwarded_for))
+    ex.resource_name, ex.status, ex.error = scope["path"][:200], 403, "websocket not served"
+    await receive()  # websocket.connect
+    await send({"type": "websocket.close", "code": 1008})
+    try:
+        await s.audit.admit(early=True)
+    except Unavailable as err:
+        log.error("refused: %s", err.message, extra={"request_id": ex.request_id})
+        s.metrics.count_request(ex.api, "refused", 403)
+        return
+    await finish(s, ex.api, ex)
+
+
+def check_headers(headers: Headers, max_bytes: int, max_count: int) -> None:
+    """431 for too many or too large request headers: uvicorn's httptools parser has no limit."""
+    if len(headers) > max_count:
+        raise HeadersTooLarge(f"{len(headers)} request headers exceed the limit of {max_count}")
+    size = sum([len(k) + len(v) for k, v in headers])
+    if size > max_bytes:
+        raise HeadersTooLarge(f"request headers of {size} bytes exceed the {max_bytes} byte limit")
 
 
 async def send_error(call: Call, err: GatewayError) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from gateway.errors import PayloadTooLarge
+from gateway.errors import InvalidRequest
 
 
 class ClientGone(Exception):
@@ -17,29 +17,23 @@ def header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+# Headers that say who is calling or what is asked: sent twice, a fronting proxy reading the
+# first and the gateway reading the last would disagree, so more than one is refused.
+SINGLE_HEADERS = frozenset({"authorization", "x-api-key", "x-agent-id", "host", "origin",
+                            "mcp-session-id", "mcp-method"})
+
+
 def headers_dict(scope: dict[str, Any]) -> dict[str, str]:
-    # ASGI servers give lowercase names; the last duplicate wins, which is fine for auth headers.
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-async def read_body(receive: Any, limit: int, content_length: str | None) -> bytes:
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise PayloadTooLarge(f"request body of {content_length} bytes exceeds the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone()
-        body = msg.get("body", b"")
-        if body:
-            size += len(body)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
-            chunks.append(body)
-        if not msg.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    # ASGI servers give lowercase names. Duplicates are rare: counted only when the dict is short.
+    raw = scope["headers"]
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+    if len(out) != len(raw):
+        names = [k.decode("latin-1") for k, _ in raw]
+        twice = sorted(n for n in SINGLE_HEADERS if names.count(n) > 1)
+        if twice:
+            raise InvalidRequest(f"more than one {', '.join(twice)} header: send each once",
+                                 code="duplicate_header", param=twice[0])
+    return out
 
 
 async def send_bytes(send: Any, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]],

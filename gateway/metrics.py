@@ -31,6 +31,9 @@ class Metrics:
         self.audit_depth = Gauge("portcullis_audit_queue_depth", "Audit rows waiting to be written", registry=r)
         self.audit_failures = Counter("portcullis_audit_write_failures", "Failed audit batch writes", registry=r)
         self.audit_written = Counter("portcullis_audit_rows_written", "Audit rows written to the store", registry=r)
+        self.audit_store_replaced = Counter("portcullis_audit_store_replaced",
+                                            "Audit store found deleted, replaced or wiped under the writer",
+                                            registry=r)
 
         self._children: dict[tuple, object] = {}
         self.cache_hit = self.cache.labels("hit")
@@ -61,6 +64,9 @@ class Metrics:
 
     def inc_written(self, n: int) -> None:
         self.audit_written.inc(n)
+
+    def inc_store_replaced(self) -> None:
+        self.audit_store_replaced.inc()
 
     def on_policy_reload(self, revision: str | None, error: Exception | None) -> None:
         if error is not None:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway import sse
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
+from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied, UpstreamError
 from gateway.exchange import Call
 from gateway.http import send_bytes
 from gateway.protocols import UpstreamResponse
@@ -38,7 +38,7 @@ class LLMHandler:
     async def __call__(self, call: Call) -> None:
         s, ex = self.s, call.ex
         assert ex.agent is not None and ex.principal is not None
-        parsed = self.surface.parse(self.path, call.body)
+        parsed = self.surface.parse(self.path, call.body, s.settings.server.max_json_depth)
         ex.action, ex.resource_type, ex.resource_name = parsed.action, "model", parsed.model
         ex.stream = parsed.stream
         ex.upstream = s.router.route(parsed.model)
@@ -98,7 +98,10 @@ class LLMHandler:
         async with timed(ex):
             resp = await up.send("POST", self.path, parsed.upstream_body(), self.surface.NAME, call.headers)
             try:
-                if parsed.stream and resp.status == 200:
+                # Stream when the upstream streams: a JSON answer to a `stream: true` the API
+                # does not support (e.g. embeddings) passes through as JSON.
+                if parsed.stream and resp.status == 200 and \
+                        resp.headers.get("content-type", "").startswith("text/event-stream"):
                     ex.status = 200
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": [*sse.HEADERS, *call.response_headers()]})
@@ -127,6 +130,13 @@ class LLMHandler:
                 out = tap.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+            if not tap.done:
+                # A close-delimited body cut by FIN ends "cleanly" in aiohttp: only the
+                # protocol's last event ([DONE], response.completed, message_stop) proves the
+                # answer whole. The partial event held in the tap is dropped (SSE clients
+                # drop an event that never ended anyway).
+                raise UpstreamError(f"upstream {call.ex.upstream} failed mid-stream: "
+                                    "the stream ended before its final event")
             tail = tap.finish()
         except GatewayError as e:
             # Headers are gone already: end the stream with an error event the SDK raises on.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.audit.writer import AuditWriter
+from gateway.bodyread import BodyReader
 from gateway.metrics import Metrics
 from gateway.protocols import ToolTransport, Upstream
 from gateway.routing import ModelRouter
@@ -38,6 +39,7 @@ class Services:
     upstreams: dict[str, Upstream]
     audit: AuditWriter
     metrics: Metrics
+    bodies: BodyReader  # server.max_body_bytes within server.body_timeout_s
     tools: ToolGovernor | None = None
     tool_transports: dict[str, ToolTransport] = field(default_factory=dict)  # MCP servers and HTTP tools
     request_ids: Callable[[], str] = field(default_factory=lambda: RequestIds())

@@ -24,6 +24,15 @@ class ServerSettings(Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # The whole body must arrive within this (408 after it), so a client that declares a
+    # Content-Length and stalls cannot hold a connection and its task forever.
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Request headers, checked before anything else (431): httptools itself has no limit.
+    max_header_bytes: int = Field(64 * 1024, gt=0)  # names + values, summed
+    max_headers: int = Field(100, gt=0)
+    # Deepest JSON nesting (containers) a body may have, 400 beyond it; at most 254 because the
+    # gateway re-serializes what it decided on and orjson's writer stops at 255.
+    max_json_depth: int = Field(128, gt=0, le=254)
     trust_forwarded_for: bool = False  # take client_ip from X-Forwarded-For
     # The gateway's address as clients reach it (https://gateway.example.com): its host is
     # always allowed on /mcp, and it names the resource in OAuth protected-resource metadata.
@@ -147,6 +156,9 @@ class AuditSettings(Model):
     queue_max: int = Field(10000, gt=0)
     on_full: Literal["wait", "refuse"] = "wait"
     full_wait_s: float = Field(5.0, ge=0)
+    # Extra slots only for rows of requests refused before any governed work (405, 408,
+    # 413, 431, client gone): those rows are recorded even while agents fill queue_max.
+    reserve_max: int = Field(256, gt=0)
     retry_interval_s: float = Field(2.0, gt=0)
 
 

@@ -3,10 +3,15 @@
 Two connections: one for writes (serialized by a lock, so a `writable()` probe
 cannot land inside a batch's transaction) and one for reads, which WAL lets
 run while a batch commits. sqlite3 errors become gateway.errors.BackendError.
+
+SQLite keeps writing into a database file that was deleted or renamed away
+while open, without an error; `replaced()` (one os.stat) lets the writer see
+that and `reopen()` the file at the configured path.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Sequence
@@ -57,6 +62,7 @@ class SQLiteAuditStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self._path, isolation_level=None)  # explicit BEGIN/COMMIT
@@ -72,9 +78,27 @@ class SQLiteAuditStore:
             for stmt in _SCHEMA:
                 await self._writer.execute(stmt)
             self._reader = await self._connect()
+            st = os.stat(self._path)
+            self._file = (st.st_dev, st.st_ino)
         except (sqlite3.Error, OSError) as e:
             await self.aclose()
             raise BackendError(f"audit sqlite {self._path}: {e}") from e
+
+    def replaced(self) -> bool:
+        """True when the path no longer names the file the connections hold open."""
+        if self._file is None:
+            return False
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._file
+
+    async def reopen(self) -> None:
+        """Close the connections and open the file now at the path (a new one if it is gone)."""
+        async with self._write_lock:
+            await self.aclose()
+            await self.start()
 
     def _conns(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
         if self._writer is None or self._reader is None:
@@ -166,6 +190,7 @@ class SQLiteAuditStore:
                 except sqlite3.Error:
                     pass
         self._writer = self._reader = None
+        self._file = None
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:

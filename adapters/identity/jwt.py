@@ -48,12 +48,15 @@ def _show(value: Any, limit: int = 40) -> str:
 
 
 def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    """pyjwt's exp/nbf/iat rules and exceptions, against `now` instead of pyjwt's own clock."""
-    def seconds(claim: str, error: type[jwt.PyJWTError], what: str) -> int:
-        try:
-            return int(claims[claim])
-        except (ValueError, TypeError, OverflowError):
-            raise error(f"{what} claim ({claim}) must be an integer.") from None
+    """pyjwt's exp/nbf/iat rules and exceptions, against `now` instead of pyjwt's own clock.
+
+    A time claim is a JSON number (RFC 7519 NumericDate), never a string or a boolean:
+    int("9999999999") would otherwise accept a string `exp` the issuer never meant."""
+    def seconds(claim: str, error: type[jwt.PyJWTError], what: str) -> float:
+        value = claims[claim]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise error(f"{what} claim ({claim}) must be a number.")
+        return value
 
     if "iat" in claims and seconds("iat", jwt.InvalidIssuedAtError, "Issued At") > now + leeway:
         raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
@@ -61,6 +64,16 @@ def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
         raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
     if "exp" in claims and seconds("exp", jwt.DecodeError, "Expiration Time") <= now - leeway:
         raise jwt.ExpiredSignatureError("Signature has expired")
+
+
+def _check_strings(claims: Mapping[str, Any]) -> None:
+    """iss a string; aud a string or a non-empty list of strings (RFC 7519 4.1.3). pyjwt
+    compares them to the configured values already; this refuses other types outright."""
+    aud = claims.get("aud")
+    if not isinstance(claims.get("iss"), str):
+        raise jwt.InvalidIssuerError("Issuer claim (iss) must be a string.")
+    if not (isinstance(aud, str) or (isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud))):
+        raise jwt.InvalidAudienceError("Audience claim (aud) must be a string or a list of strings.")
 
 
 class JWTSource:
@@ -128,6 +141,7 @@ class JWTSource:
             claims = jwt.decode(token, key, algorithms=[alg], audience=s.audience, issuer=s.issuer,
                                 options={"require": _REQUIRED, **_CLOCK_CHECKED})
             _check_times(claims, self._clock(), s.leeway_s)
+            _check_strings(claims)
             return claims
         except jwt.ExpiredSignatureError:
             raise AuthenticationFailed("JWT has expired") from None
@@ -178,7 +192,7 @@ class JWTSource:
         allowed = self._s.max_ttl_s.get(tier)
         if allowed is None:
             raise AuthenticationFailed(f"no maximum token lifetime is configured for tier {tier}")
-        lifetime = int(claims["exp"]) - int(claims["iat"])
+        lifetime = claims["exp"] - claims["iat"]  # numbers, checked in _check_times
         if lifetime > allowed:
             raise AuthenticationFailed(
                 f"token lifetime {lifetime}s exceeds {allowed}s allowed for tier {tier}")

@@ -30,6 +30,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+try:  # redis-py >= 7
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older clients have no maintenance notifications, so the pool's check runs
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 from gateway.errors import BackendError
 from gateway.settings import LimitsSettings
 from gateway.types import Limits, LimitResult, Reservation
@@ -105,6 +110,21 @@ def _tag(agent: str) -> str:
     return agent.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+def _pool_options() -> dict[str, Any]:
+    """Keep the pool's check that a pooled connection is still open before a command is sent.
+
+    redis-py 8 enables maintenance notifications ("auto") by default, and with them on the
+    pool skips that check: after a Redis restart every idle connection then fails its next
+    command ("Connection closed by server"), so requests got 503s after Redis was back.
+    The check runs before anything is sent, so replacing the connection there is always safe,
+    unlike retrying a reserve (not idempotent: it may have run). Open-source Redis sends no
+    maintenance notifications, so nothing is lost by turning them off.
+    """
+    if MaintNotificationsConfig is None:
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 class RedisRateLimiter:
     def __init__(self, settings: LimitsSettings, clock: Callable[[], float] | None = None) -> None:
         self._settings = settings
@@ -132,8 +152,8 @@ class RedisRateLimiter:
                 socket_timeout=s.redis_timeout_s, socket_connect_timeout=s.redis_timeout_s,
                 # No retries: a re-sent reserve could be charged twice, and a dead Redis
                 # must fail the request now, not after backoff. Stale pooled connections
-                # are still replaced before use.
-                retry=Retry(NoBackoff(), 0), decode_responses=True)
+                # are still replaced before use (see _pool_options).
+                retry=Retry(NoBackoff(), 0), decode_responses=True, **_pool_options())
         except ValueError as e:
             raise BackendError(f"limits.redis_url is not a usable Redis URL: {e}") from None
         kw = pool.connection_kwargs

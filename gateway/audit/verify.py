@@ -5,6 +5,10 @@ seq contiguous from 1 (a gap means deleted rows), prev_hash equal to the
 previous row's hash (a row inserted or moved), hash equal to the recomputed
 link (a row edited in place). Only the first break of each chain is reported;
 everything after it is counted but cannot be trusted anyway.
+
+With the writer's chain-head file (gateway/audit/heads.py) it also checks each
+recorded chain's start and head against the store, which is what finds a
+wiped or replaced database: a chain that restarted at seq 1, or ends early.
 """
 from __future__ import annotations
 
@@ -62,7 +66,37 @@ def _check(row: Mapping[str, Any], expected_seq: int, prev_hash: str) -> str | N
     return None
 
 
-async def verify(store: AuditStore) -> VerifyReport:
+def _against_heads(report: VerifyReport, heads: Mapping[str, Mapping[str, Any]],
+                   seen: Mapping[tuple[str, int], str], last: Mapping[str, int]) -> None:
+    """Flag chains whose stored rows disagree with the recorded start and head."""
+    by_id = {c.chain_id: c for c in report.chains}
+    for chain_id, h in sorted(heads.items()):
+        c = by_id.get(chain_id)
+        if c is None:
+            c = ChainReport(chain_id=chain_id)
+            report.chains.append(c)
+        start_seq, head_seq = h["start_seq"], h["seq"]
+        at = head_seq
+        if c.rows == 0:
+            reason = f"missing from the store, which had it up to seq {head_seq} (wiped or replaced)"
+        elif seen.get((chain_id, start_seq), h["start_hash"]) != h["start_hash"]:
+            at, reason = start_seq, (f"restarted: seq {start_seq} is not the row the chain started with "
+                                     f"(store wiped or replaced, then a new chain written with the same id)")
+        elif (end := last.get(chain_id, 0)) < head_seq:
+            reason = f"truncated: the store ends at seq {end}, the chain reached seq {head_seq}"
+        elif seen.get((chain_id, head_seq)) != h["hash"]:
+            reason = f"replaced: seq {head_seq} is not the row recorded as the chain's head"
+        else:
+            continue
+        # The comparison with a record kept outside the store outranks what the store says of itself.
+        c.first_break = ChainBreak(chain_id, at, reason)
+
+
+async def verify(store: AuditStore, heads: Mapping[str, Mapping[str, Any]] | None = None) -> VerifyReport:
+    """Walk every chain; with `heads` (chain id -> recorded start and head) compare them too."""
+    wanted = {(cid, s) for cid, h in (heads or {}).items() for s in (h["start_seq"], h["seq"])}
+    seen: dict[tuple[str, int], str] = {}
+    last: dict[str, int] = {}
     report = VerifyReport()
     current: ChainReport | None = None
     expected_seq, prev_hash = 1, GENESIS
@@ -72,6 +106,11 @@ async def verify(store: AuditStore) -> VerifyReport:
             report.chains.append(current)
             expected_seq, prev_hash = 1, GENESIS
         current.rows += 1
+        key = (row["chain_id"], row["seq"])
+        if key in wanted:
+            seen[key] = row["hash"]
+        if isinstance(row["seq"], int):
+            last[row["chain_id"]] = max(last.get(row["chain_id"], 0), row["seq"])
         if current.first_break is None:
             reason = _check(row, expected_seq, prev_hash)
             if reason:
@@ -79,6 +118,8 @@ async def verify(store: AuditStore) -> VerifyReport:
         # Follow the rows as stored, so a single bad row is not blamed on its successors.
         expected_seq = (row["seq"] if isinstance(row["seq"], int) else expected_seq) + 1
         prev_hash = row["hash"]
+    if heads:
+        _against_heads(report, heads, seen, last)
     return report
 
 

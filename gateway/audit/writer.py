@@ -4,6 +4,10 @@ Every request holds one queue slot from `admit()` until its row is durable (in
 the store or fsynced to the spool), so a full queue stops new requests instead
 of dropping rows. One background task does all chaining and I/O, which keeps
 the chain strictly ordered without locks.
+
+A store file deleted or replaced while open (one stat per batch, and when idle) has
+its rows spooled and is reopened, the chain carrying on; not ready until replayed.
+Chain starts and heads also go to a file beside the spool (heads.py) for `verify`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.audit.chain import GENESIS, event_to_row, link, row_from_store
+from gateway.audit.heads import ChainHeads, heads_path, load_heads
 from gateway.errors import BackendError, Unavailable
 from gateway.protocols import AuditStore
 from gateway.settings import AuditSettings
@@ -30,6 +35,7 @@ class AuditMetrics(Protocol):
     def set_depth(self, n: int) -> None: ...
     def inc_failures(self) -> None: ...
     def inc_written(self, n: int) -> None: ...
+    def inc_store_replaced(self) -> None: ...
 
 
 class _NoMetrics:
@@ -40,6 +46,9 @@ class _NoMetrics:
         pass
 
     def inc_written(self, n: int) -> None:
+        pass
+
+    def inc_store_replaced(self) -> None:
         pass
 
 
@@ -54,6 +63,11 @@ class AuditWriter:
         self._batch_size = settings.batch_size
         self._flush_s = settings.flush_interval_ms / 1000
         self._slots = asyncio.Semaphore(settings.queue_max)
+        # Only rows of requests refused before any governed work (admit(early=True)) may
+        # use these, once _slots is full. The pools are counters: a durable row frees a
+        # reserve slot first, so the reserve is free again as soon as the queue moves.
+        self._reserve = asyncio.Semaphore(settings.reserve_max)
+        self._reserve_held = 0
         self._held = 0        # slots taken by admit() and not yet released
         self._reserved = 0    # admitted but not yet submitted
         self._queue: collections.deque[AuditEvent] = collections.deque()
@@ -65,20 +79,47 @@ class AuditWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Optional store capability (SQLite): has the file been deleted or replaced?
+        self._moved = getattr(store, "replaced", None)
+        self._reopen_pending = False
+        self._problem: str | None = None  # set while recovering from a replaced store
+        self._heads = ChainHeads(heads_path(self._spool_path))
 
     @property
     def depth(self) -> int:
         """Requests admitted whose rows are not yet durable."""
         return self._held
 
+    @property
+    def problem(self) -> str | None:
+        """Why the audit trail is not healthy (for /readyz), or None."""
+        if self._problem is None and self._moved is not None and not self._reopen_pending and self._moved():
+            return "audit store file was removed or replaced"
+        return self._problem
+
     # ---- request path ------------------------------------------------------------
 
-    async def admit(self) -> None:
-        """Reserve a queue slot before the request runs; raise Unavailable when full."""
+    async def admit(self, *, early: bool = False) -> None:
+        """Reserve a queue slot before the request runs; raise Unavailable when full.
+
+        `early`: the row of a request refused before any governed work (no body, bad
+        method, oversized headers). When the queue is full it takes a reserve slot,
+        waiting up to full_wait_s for one, so such rows are recorded while agents
+        fill the queue, and a flood of them cannot take the agents' slots either.
+        """
         if self._task is None or self._closing:
             raise Unavailable("audit writer is not running")
         if not self._slots.locked():
             await self._slots.acquire()  # free slot: returns without suspending
+        elif early:
+            try:
+                if self._reserve.locked():
+                    await asyncio.wait_for(self._reserve.acquire(), self._settings.full_wait_s)
+                else:
+                    await self._reserve.acquire()
+            except TimeoutError:
+                raise Unavailable("audit queue full") from None
+            self._reserve_held += 1
         elif self._settings.on_full == "refuse":
             raise Unavailable("audit queue full")
         else:
@@ -110,6 +151,10 @@ class AuditWriter:
         """Replay a spool left by an earlier run, find the chain head, start draining."""
         spooled = await asyncio.to_thread(self._read_spool)
         self._spool_rows = len(spooled)
+        try:
+            self._heads = ChainHeads(self._heads.path, await asyncio.to_thread(load_heads, self._heads.path))
+        except (OSError, ValueError) as e:
+            log.error("audit chain heads not loaded, starting a new head file: %s", e)
         mine = [r for r in spooled if r["chain_id"] == self._chain_id]
         if mine:
             # The spool is newer than the store: continue from its last row.
@@ -119,6 +164,14 @@ class AuditWriter:
                 head = await self._store.last_link(self._chain_id)
             except BackendError as e:
                 raise Unavailable(f"audit store unavailable at startup: {e}") from e
+            known = self._heads.head(self._chain_id)
+            if known and (head is None or head[0] < known[0]):
+                # Never restart at seq 1 over a wiped store: `audit verify` then shows the gap.
+                log.error("audit store has chain %r up to seq %s but this writer stored up to seq %d: "
+                          "the store was wiped, replaced or truncated; continuing the chain from seq %d",
+                          self._chain_id, head[0] if head else 0, known[0], known[0] + 1)
+                self._metrics.inc_store_replaced()
+                head = known
             self._seq, self._prev = head if head else (0, GENESIS)
         if self._spool_rows:
             log.info("replaying %d spooled audit rows", self._spool_rows)
@@ -166,6 +219,7 @@ class AuditWriter:
                 self._unsaved.extend(self._chain(self._row(e)) for e in batch)
                 await self._persist()
                 self._metrics.set_depth(self._held)
+                await self._heads.flush(loop.time())
             except Exception:  # keep draining: a dead task would stall every request
                 log.exception("audit writer loop failed; retrying")
                 await asyncio.sleep(self._settings.retry_interval_s)
@@ -175,22 +229,66 @@ class AuditWriter:
         elif self._spool_rows:
             await self._replay(force=True)
         self._metrics.set_depth(self._held)
+        await self._heads.flush(loop.time(), force=True)
 
     async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for work; when rows are spooled or unsaved, wake up to retry them."""
-        pending = bool(self._spool_rows or self._unsaved)
-        timeout = max(0.0, self._next_retry - loop.time()) if pending else None
+        pending = bool(self._spool_rows or self._unsaved or self._problem)
+        if pending:
+            timeout: float | None = max(0.0, self._next_retry - loop.time())
+        else:  # the periodic file check, when the store has one
+            timeout = self._settings.retry_interval_s if self._moved is not None else None
+        if (due := self._heads.due_in(loop.time())) is not None:
+            timeout = due if timeout is None else min(timeout, due)
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             pass
+        await self._heads.flush(loop.time())
         if self._queue or self._closing:
             return
         if self._unsaved:
             await self._persist()
         elif self._spool_rows:
             await self._replay()
+        elif self._problem is not None:
+            await self._recover()
+        elif self._moved is not None and self._moved():
+            self._store_replaced()
+
+    async def _recover(self) -> None:
+        """A replaced store with nothing spooled: reopen it, then be ready again."""
+        if asyncio.get_running_loop().time() < self._next_retry:
+            return
+        try:
+            await self._reopen()
+        except Exception as e:
+            self._failed(f"audit store reopen failed, will retry: {e}")
+            return
+        self._problem = None
+
+    def _store_replaced(self) -> None:
+        self._problem = "audit store file was removed or replaced; rows spooled until it is reopened"
+        self._reopen_pending = True
+        self._metrics.inc_store_replaced()
+        self._next_retry = asyncio.get_running_loop().time() + self._settings.retry_interval_s
+        log.error("audit store file was removed or replaced while open: rows written since are spooled "
+                  "and the store reopened; chain %r carries on from seq %d", self._chain_id, self._seq + 1)
+
+    async def _reopen(self) -> None:
+        if self._reopen_pending:
+            await self._store.reopen()  # type: ignore[attr-defined]  # only stores with replaced()
+            self._reopen_pending = False
+
+    async def _store_rows(self, rows: list[dict[str, Any]]) -> None:
+        """insert_batch, then one stat: rows that went into a removed file are not stored."""
+        await self._reopen()
+        await self._store.insert_batch(rows)
+        if self._moved is not None and self._moved():
+            self._store_replaced()
+            raise BackendError("audit store file was removed or replaced during the write")
+        self._heads.record(rows)
 
     @staticmethod
     def _row(event: AuditEvent) -> dict[str, Any]:
@@ -225,10 +323,11 @@ class AuditWriter:
             return
         if not self._spool_rows or await self._replay(force):
             try:
-                await self._store.insert_batch(rows)
+                await self._store_rows(rows)
             except Exception as e:
                 self._failed(f"audit store write failed ({len(rows)} rows), spooling: {e}")
             else:
+                self._problem = None  # stored in the live file, nothing spooled
                 self._durable(len(rows), written=True)
                 return
         try:
@@ -250,7 +349,7 @@ class AuditWriter:
             rows = await asyncio.to_thread(self._read_spool)
             for i in range(0, len(rows), self._batch_size):
                 # Idempotent: a partial earlier replay left some of these in the store.
-                await self._store.insert_batch(rows[i:i + self._batch_size])
+                await self._store_rows(rows[i:i + self._batch_size])
         except Exception as e:
             self._failed(f"audit spool replay failed, will retry: {e}")
             return False
@@ -258,6 +357,7 @@ class AuditWriter:
         log.info("replayed %d spooled audit rows", len(rows))
         self._metrics.inc_written(len(rows))
         self._spool_rows = 0
+        self._problem = None
         return True
 
     def _failed(self, message: str) -> None:
@@ -268,7 +368,11 @@ class AuditWriter:
     def _durable(self, n: int, *, written: bool) -> None:
         self._unsaved = []
         self._held -= n
-        for _ in range(n):
+        from_reserve = min(n, self._reserve_held)
+        self._reserve_held -= from_reserve
+        for _ in range(from_reserve):
+            self._reserve.release()
+        for _ in range(n - from_reserve):
             self._slots.release()
         if written:
             self._metrics.inc_written(n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.mcp.jsonrpc import Message
+from gateway.mcp.jsonrpc import INVALID_PARAMS, JSONRPCError, Message
 
 _METHODS = {
     "initialize": "mcp.initialize",
@@ -41,21 +41,38 @@ HOUSEKEEPING = frozenset({"tool.list", "mcp.resources.list", "mcp.prompts.list",
 
 
 def action_for(msg: Message) -> str:
+    """Governed by method, whatever the shape: only `notifications/*` methods are notifications.
+    A request method sent without an id (a `tools/call` notification) keeps its action, and
+    the endpoint refuses it (`is_request_without_id`): it must never pass as `mcp.notify`."""
     if msg.kind == "response":
         return "mcp.respond"  # the client answering a server request (sampling, elicitation)
-    if msg.kind == "notification":
+    if msg.kind == "notification" and is_notification_method(msg.method):
         return "mcp.notify"
     return _METHODS.get(msg.method or "", "mcp." + (msg.method or "unknown").replace("/", "."))
+
+
+def is_notification_method(method: str | None) -> bool:
+    return method is not None and method.startswith("notifications/")
+
+
+def is_request_without_id(msg: Message) -> bool:
+    return msg.kind == "notification" and not is_notification_method(msg.method)
 
 
 def resource_for(action: str, server: str, params: dict[str, Any]) -> dict[str, Any]:
     """The policy input's resource. Tools get theirs from the tool governor instead."""
     if action in ("mcp.resources.read", "mcp.resources.subscribe"):
-        uri = params.get("uri")
-        return {"type": "resource", "name": uri if isinstance(uri, str) else None, "server": server}
+        return {"type": "resource", "name": _param(params, "uri"), "server": server}
     if action == "mcp.prompts.get":
-        name = params.get("name")
-        return {"type": "prompt", "name": name if isinstance(name, str) else None, "server": server}
+        return {"type": "prompt", "name": _param(params, "name"), "server": server}
     if action == "tool.list":
         return {"type": "tool", "server": server}
     return {"type": "mcp_server", "name": server, "server": server}
+
+
+def _param(params: dict[str, Any], key: str) -> str:
+    """A governed name: a policy must never see a missing or non-string one as "no name"."""
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise JSONRPCError(f"invalid params: {key} must be a non-empty string", INVALID_PARAMS)
+    return value

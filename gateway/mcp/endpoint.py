@@ -27,7 +27,7 @@ from gateway.stages.admission import refuse_denied, reserve
 from gateway.stages.forward import timed, until_client_gone
 from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
-from gateway.surfaces.base import has_control
+from gateway.surfaces.base import canonical, has_control
 
 _FORWARD = ("content-type", "accept", "last-event-id")
 
@@ -68,8 +68,14 @@ class MCPHandler:
                                jsonrpc.INVALID_REQUEST, status=404, code="unknown_server")
         msg: Message | None = None
         if call.scope["method"] == "POST":
-            msg = call.rpc = jsonrpc.parse(call.body)
+            msg = call.rpc = jsonrpc.parse(call.body, s.settings.server.max_json_depth)
             ex.action = actions.action_for(msg)
+            if actions.is_request_without_id(msg):
+                # Forwarded, the server would run it (a tool call included) with no answer to
+                # filter or decide on: a request method is a request, whatever its shape.
+                raise JSONRPCError(f"invalid request: {msg.method} is a request and needs an id; "
+                                   f"only notifications/* methods may be sent as notifications",
+                                   jsonrpc.INVALID_REQUEST, code="request_without_id")
             routed = hdrs.get("mcp-method")
             if routed is not None and msg.method is not None and routed != msg.method:
                 # 2026-07-28 mirrors the method in a header that intermediaries may route on:
@@ -136,7 +142,9 @@ class MCPHandler:
         if session and msg is not None:
             await self.streams.wait_opened(server, session, self.s.settings.tools.servers[server].connect_timeout_s)
         async with timed(ex):
-            resp = await self.s.tool_transports[server].send(call.scope["method"], call.body,
+            # A POST goes on as the message decided on, re-serialized (duplicate keys as parsed).
+            body = canonical(msg.body) if msg is not None else call.body
+            resp = await self.s.tool_transports[server].send(call.scope["method"], body,
                                                              forward_headers(hdrs, ex.request_id))
             if opening is not None:
                 opening.done()  # the server has the stream now: the session's POSTs may go
@@ -156,7 +164,12 @@ class MCPHandler:
                     await self._pump(call, resp, msg, on_response)
                 else:
                     data = await resp.read()
-                    if on_response is not None and data:
+                    wrapped = (relay.wrap_error(resp.status, data, msg.id if msg and msg.kind == "request" else None,
+                                                server, ex.request_id) if resp.status >= 400 else None)
+                    if wrapped is not None:  # the server's status kept; its text in `data`
+                        data, rh = wrapped, [h for h in rh if h[0] != b"content-type"]
+                        rh.append((b"content-type", b"application/json"))
+                    elif on_response is not None and data:
                         data = await relay.edit_json(data, msg.id, on_response)
                     await send({"type": "http.response.start", "status": resp.status,
                                 "headers": [*rh, (b"content-length", str(len(data)).encode())]})

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.surfaces.base import too_deep
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -58,13 +59,16 @@ class Message:
     body: dict[str, Any]
 
 
-def parse(raw: bytes) -> Message:
+def parse(raw: bytes, max_depth: int) -> Message:
     if not raw:
         raise JSONRPCError("request body is empty; expected a JSON-RPC message", INVALID_REQUEST)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise JSONRPCError(f"parse error: {e}", PARSE_ERROR, code="invalid_json") from None
+    if too_deep(body, raw, max_depth):
+        raise JSONRPCError(f"invalid request: JSON nested deeper than {max_depth} levels", INVALID_REQUEST,
+                           code="json_too_deep")
     if isinstance(body, list):
         raise JSONRPCError("JSON-RPC batches are not supported (removed from MCP in 2025-06-18); "
                            "send one message per request", INVALID_REQUEST)

@@ -3,7 +3,8 @@
 The answer to the client's request (same JSON-RPC id) may be rewritten on the
 way (tools/list is filtered per agent) or only inspected (a tools/call result's
 isError goes to the audit row). Everything else, progress notifications and
-server requests included, passes through event by event as it arrives.
+server requests included, passes through event by event as it arrives. An error
+answer that is not JSON-RPC (plain text, empty) is wrapped in a JSON-RPC error.
 """
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from gateway.mcp import jsonrpc
 from gateway.protocols import UpstreamResponse
 from gateway.sse import SSESplitter, data_lines
+
+# The most of a non-JSON-RPC error answer kept in the wrapping error's data (characters).
+UPSTREAM_TEXT_MAX = 1000
 
 # Returns a replacement for the response object, or None to pass it on unchanged.
 OnResponse = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -21,6 +26,22 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def _answers(obj: Any, msg_id: Any) -> bool:
     return isinstance(obj, dict) and obj.get("id") == msg_id and ("result" in obj or "error" in obj)
+
+
+def wrap_error(status: int, raw: bytes, msg_id: Any, server: str, request_id: str) -> bytes | None:
+    """A JSON-RPC error for an MCP server's error answer that is not JSON-RPC (a plain-text
+    400, an empty 405, a proxy's HTML page), else None: MCP clients parse only JSON-RPC.
+    `data` keeps the server's status and (the start of) its text."""
+    try:
+        obj = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict) and obj.get("jsonrpc") == "2.0":
+        return None
+    text = raw.decode("utf-8", "replace")
+    return jsonrpc.error_response(msg_id, jsonrpc.UPSTREAM_UNAVAILABLE, f"MCP server {server} answered {status}",
+                                  {"request_id": request_id, "type": "upstream", "code": "upstream_error",
+                                   "upstream_status": status, "upstream_body": text[:UPSTREAM_TEXT_MAX]})
 
 
 async def edit_json(raw: bytes, msg_id: Any, on_response: OnResponse) -> bytes:

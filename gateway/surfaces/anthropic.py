@@ -9,7 +9,8 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequest
 from gateway import sse
 from gateway.sse import SSESplitter, sse_data
-from gateway.surfaces.base import Headers, Parsed, load_json_object, optional_int, require_model, usage_object
+from gateway.surfaces.base import (Headers, Parsed, check_tools, load_json_object, optional_int, optional_type,
+                                   require_model, usage_object)
 from gateway.types import LimitResult, Usage
 
 NAME = "anthropic"
@@ -31,17 +32,19 @@ _ERROR_TYPES = {
 }
 
 
-def parse(path: str, raw: bytes) -> Parsed:
-    body = load_json_object(raw)
+def parse(path: str, raw: bytes, max_depth: int) -> Parsed:
+    body = load_json_object(raw, max_depth)
     model = require_model(body)
     if not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages: field required", param="messages")
+    check_tools(body)
+    stream = optional_type(body, "stream", bool) is True
     if path == _COUNT_TOKENS:  # generates nothing: no max_tokens, no stream, no token reservation
         return Parsed(action=ACTIONS[path], model=model, stream=False, body=body, raw=raw, generates=False)
     max_tokens = optional_int(body, "max_tokens")
     if max_tokens is None:
         raise InvalidRequest("max_tokens: field required", param="max_tokens")
-    return Parsed(action=ACTIONS[path], model=model, stream=body.get("stream") is True, body=body,
+    return Parsed(action=ACTIONS[path], model=model, stream=stream, body=body,
                   raw=raw, max_output=max_tokens, max_field="max_tokens")
 
 
@@ -95,16 +98,22 @@ def usage_from_body(raw: bytes) -> Usage:
 
 
 class Tap:
-    """Reads usage from message_start (input) and message_delta (output)."""
-    __slots__ = ("usage", "_split")
+    """Reads usage from message_start (input) and message_delta (output).
+
+    `done` is set by message_stop: a stream that closes without it was cut short.
+    """
+    __slots__ = ("usage", "done", "_split")
 
     def __init__(self, parsed: Parsed) -> None:
         self.usage = Usage()
+        self.done = False
         self._split = SSESplitter()
 
     def feed(self, chunk: bytes) -> bytes:
         events = self._split.events(chunk)
         for ev in events:
+            if b"message_stop" in ev[:48]:  # its `event:` name or its data's leading "type"
+                self.done = True
             if b"message_start" in ev or b"message_delta" in ev:
                 data = sse_data(ev)
                 if data is None:

@@ -8,8 +8,8 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequest
 from gateway import sse
 from gateway.sse import SSESplitter, sse_data
-from gateway.surfaces.base import (Headers, Parsed, load_json_object, optional_int, request_id_header, require_model,
-                                   usage_object)
+from gateway.surfaces.base import (Headers, Parsed, check_tools, load_json_object, optional_int, optional_type,
+                                   request_id_header, require_model, usage_object)
 from gateway.types import LimitResult, Usage
 
 NAME = "openai"
@@ -43,14 +43,18 @@ _ERROR_TYPES = {
 }
 
 
-def parse(path: str, raw: bytes) -> Parsed:
-    body = load_json_object(raw)
+def parse(path: str, raw: bytes, max_depth: int) -> Parsed:
+    body = load_json_object(raw, max_depth)
     model = require_model(body)
-    stream = body.get("stream") is True
+    # Every field read here is type-checked first: a wrong type is the client's 400, never a 500.
+    stream = optional_type(body, "stream", bool) is True
     if path == "/v1/embeddings" and body.get("input") is None:
         raise InvalidRequest("you must provide an input parameter", param="input")
     if path == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages must be a list", param="messages")
+    if path in ("/v1/embeddings", "/v1/responses"):
+        optional_type(body, "input", str, list)
+    check_tools(body)
     p = Parsed(action=ACTIONS[path], model=model, stream=stream, body=body, raw=raw)
     fields = _MAX_FIELDS[path]
     for f in fields:
@@ -61,8 +65,8 @@ def parse(path: str, raw: bytes) -> Parsed:
     else:
         p.max_field = fields[0] if fields else None
     if stream and path in ("/v1/chat/completions", "/v1/completions"):
-        opts = body.get("stream_options")
-        p.wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        opts = optional_type(body, "stream_options", dict)
+        p.wants_usage = isinstance(opts, dict) and optional_type(opts, "include_usage", bool) is True
         if not p.wants_usage:
             # Usage is only reported in streams that ask for it: ask upstream,
             # and drop the usage chunk before it reaches a client that did not.
@@ -131,18 +135,33 @@ def _usage(u: Any) -> Usage:
     return Usage(inp if isinstance(inp, int) else None, out if isinstance(out, int) else None)
 
 
+def _is_last(ev: bytes, responses: bool) -> bool:
+    """Whether an event ends its stream: a Responses API end, else `[DONE]` (chat, completions)."""
+    if responses:
+        head = ev[:64]  # its `event:` name or its data's leading "type"; a delta's text comes later
+        return b"response.completed" in head or b"response.incomplete" in head or b"response.failed" in head
+    return b"[DONE]" in ev and sse.data_lines(ev) == b"[DONE]"
+
+
 class Tap:
-    """Records usage from an OpenAI SSE stream; drops the usage chunk if unasked."""
-    __slots__ = ("usage", "_split", "_drop_usage_chunk")
+    """Records usage from an OpenAI SSE stream; drops the usage chunk if unasked.
+
+    `done` is set by the stream's last event: a stream that closes without it was cut short.
+    """
+    __slots__ = ("usage", "done", "_split", "_drop_usage_chunk", "_responses")
 
     def __init__(self, parsed: Parsed) -> None:
         self.usage = Usage()
+        self.done = False
+        self._responses = parsed.action == "llm.responses"
         self._split = SSESplitter()
         self._drop_usage_chunk = parsed.stream and not parsed.wants_usage and parsed.rewrite
 
     def feed(self, chunk: bytes) -> bytes:
         out = []
         for ev in self._split.events(chunk):
+            if not self.done and _is_last(ev, self._responses):
+                self.done = True
             if b'"usage"' in ev and b'"usage":null' not in ev:
                 data = sse_data(ev)
                 if data is not None:

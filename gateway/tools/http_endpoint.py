@@ -15,7 +15,7 @@ from gateway.services import Services
 from gateway.stages.admission import refuse_denied, reserve
 from gateway.stages.forward import timed
 from gateway.surfaces import tools as surface
-from gateway.surfaces.base import check_name, load_json_object
+from gateway.surfaces.base import canonical, check_name, load_json_object
 from gateway.tools.govern import HTTP_SERVER
 
 # Request headers a tool may see; the agent's credential never travels.
@@ -40,7 +40,7 @@ class HTTPToolHandler:
         tool = s.settings.tools.http.get(name)
         if tool is None or s.tools is None:
             raise NotFound(f"the tool {name} does not exist or is not served by this gateway", code="tool_not_found")
-        args = load_json_object(call.body) if call.body else {}
+        args = load_json_object(call.body, s.settings.server.max_json_depth) if call.body else {}
         [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
             ex.agent, ex.principal.auth, surface.NAME, [(HTTP_SERVER, name, s.tools.http_annotations(name))])
         refuse_denied(call, code="tool_not_allowed")
@@ -49,8 +49,10 @@ class HTTPToolHandler:
         out.setdefault("content-type", "application/json")
         out["x-request-id"] = ex.request_id
         get = tool.method == "GET"
+        # What was parsed, re-serialized: duplicate keys go on as the gateway read them.
+        payload = b"" if get or not call.body else canonical(args)
         async with timed(ex):
-            resp = await s.tool_transports[name].send(tool.method, b"" if get else call.body, out,
+            resp = await s.tool_transports[name].send(tool.method, payload, out,
                                                       params=query_params(args) if get else None)
             try:
                 data = await resp.read()

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.harness import KEYS, Gateway
 from tests.support.mcp_orders_server import OrdersServer
+from tests.support.tool_configs import tools_config
 from tests.support.upstream_server import UpstreamServer, request_id
 
 
@@ -18,16 +19,7 @@ from tests.support.upstream_server import UpstreamServer, request_id
 def tools_gateway(make_gateway: Callable[..., Gateway], upstream: UpstreamServer,
                   orders: OrdersServer) -> Callable[..., Gateway]:
     def make(**tools: Any) -> Gateway:
-        cfg = {"servers": {"orders": {"kind": "mcp", "url": orders.url}},
-               "http": {"weather": {"url": upstream.url + "/tools/weather", "method": "POST",
-                                    "annotations": {"readOnlyHint": True}},
-                        "weather_get": {"url": upstream.url + "/tools/weather", "method": "GET",
-                                        "annotations": {"readOnlyHint": True}},
-                        "wipe_cache": {"url": upstream.url + "/tools/wipe", "method": "POST",
-                                       "annotations": {"destructiveHint": True}},
-                        "broken": {"url": upstream.url + "/tools/broken", "method": "POST",
-                                   "annotations": {"readOnlyHint": True}}},
-               **tools}
+        cfg = {**tools_config(orders.url, upstream.url), **tools}
         return make_gateway(tools=cfg)
     return make
 

@@ -7,6 +7,9 @@ injects faults chosen by the request's model name:
   fault-slow             waits `slow_s` before answering (longer than a short read timeout)
   fault-stall-midstream  streams a few events, then goes silent for `slow_s`
   fault-die-midstream    streams a few events, then drops the connection
+
+CloseDelimitedUpstream frames its streams by closing the connection instead (no chunked
+encoding, no Content-Length), so a cut cannot be told from an end by HTTP framing alone.
 """
 from __future__ import annotations
 
@@ -126,6 +129,50 @@ class UpstreamServer:
             await asyncio.wait_for(disconnected(), self.slow_s)
         except TimeoutError:
             pass
+
+
+class CloseDelimitedUpstream:
+    """Streams wire.py's SSE answers in close-delimited bodies, over a raw asyncio socket.
+
+    Model `fault-cut` sends FAULT_EVENTS events and half of the next, then FIN: the
+    protocol's last event ([DONE], response.completed, message_stop) never comes.
+    Any other model gets the whole stream, then FIN.
+    """
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the server first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    @staticmethod
+    async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            path = head[0].split(" ")[1]
+            length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0)
+            body = orjson.loads(await reader.readexactly(length))
+            events = list(wire.respond_stream(path, body))
+            if body.get("model") == "fault-cut":
+                events = events[:FAULT_EVENTS] + [events[FAULT_EVENTS][:20]]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+            for event in events:
+                writer.write(event)
+                await writer.drain()  # each event on its own
+        finally:
+            writer.close()  # FIN: the end of the body, whole or not
 
 
 def _drops_quietly(app: Any) -> Any:

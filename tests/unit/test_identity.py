@@ -348,9 +348,9 @@ async def test_jwt_times_are_checked_on_the_injected_clock() -> None:
     assert (await src.resolve(fresh)).agent.id == "jwt-agent"
 
 
-@pytest.mark.parametrize("claim, says", [("exp", "Expiration Time claim (exp) must be an integer"),
-                                         ("nbf", "Not Before claim (nbf) must be an integer"),
-                                         ("iat", "Issued At claim (iat) must be an integer")])
+@pytest.mark.parametrize("claim, says", [("exp", "Expiration Time claim (exp) must be a number"),
+                                         ("nbf", "Not Before claim (nbf) must be a number"),
+                                         ("iat", "Issued At claim (iat) must be a number")])
 async def test_jwt_time_claims_must_be_integers(hs_source: JWTSource, claim: str, says: str) -> None:
     token = jwt.encode(claims(**{claim: "soon"}), HS_SECRET, algorithm="HS256")
     await fails(hs_source.resolve(token), AuthenticationFailed, f"JWT is invalid: {says}", token)

@@ -12,7 +12,7 @@ def chat(**kw):
 
 
 def test_openai_parse_reads_model_stream_and_output_cap():
-    p = openai.parse("/v1/chat/completions", chat(max_tokens=50))
+    p = openai.parse("/v1/chat/completions", chat(max_tokens=50), 128)
     assert (p.action, p.model, p.stream, p.max_output, p.max_field) == ("llm.chat", "gpt-4o-mini", False, 50, "max_tokens")
     assert p.upstream_body() == p.raw  # nothing rewritten: the client's bytes go upstream
 
@@ -21,12 +21,12 @@ def test_openai_parse_reads_model_stream_and_output_cap():
                                       (b'{"messages": []}', "missing_model")])
 def test_openai_parse_rejects_bad_bodies(raw, code):
     with pytest.raises(InvalidRequest) as e:
-        openai.parse("/v1/chat/completions", raw)
+        openai.parse("/v1/chat/completions", raw, 128)
     assert e.value.code == code
 
 
 def test_stream_without_include_usage_asks_upstream_and_hides_usage_chunk():
-    p = openai.parse("/v1/chat/completions", chat(stream=True))
+    p = openai.parse("/v1/chat/completions", chat(stream=True), 128)
     assert orjson.loads(p.upstream_body())["stream_options"] == {"include_usage": True}
     tap = openai.Tap(p)
     chunk1 = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
@@ -37,7 +37,7 @@ def test_stream_without_include_usage_asks_upstream_and_hides_usage_chunk():
 
 
 def test_stream_with_include_usage_passes_usage_chunk_on():
-    p = openai.parse("/v1/chat/completions", chat(stream=True, stream_options={"include_usage": True}))
+    p = openai.parse("/v1/chat/completions", chat(stream=True, stream_options={"include_usage": True}), 128)
     assert not p.rewrite
     tap = openai.Tap(p)
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
@@ -46,7 +46,7 @@ def test_stream_with_include_usage_passes_usage_chunk_on():
 
 
 def test_responses_api_usage_from_completed_event():
-    p = openai.parse("/v1/responses", orjson.dumps({"model": "gpt-4o", "input": "hi", "stream": True}))
+    p = openai.parse("/v1/responses", orjson.dumps({"model": "gpt-4o", "input": "hi", "stream": True}), 128)
     tap = openai.Tap(p)
     ev = (b'event: response.completed\ndata: {"type":"response.completed","response":'
           b'{"usage":{"input_tokens":5,"output_tokens":9,"total_tokens":14}}}\n\n')
@@ -56,9 +56,9 @@ def test_responses_api_usage_from_completed_event():
 
 def test_anthropic_requires_max_tokens_and_reads_stream_usage():
     with pytest.raises(InvalidRequest):
-        anthropic.parse("/v1/messages", orjson.dumps({"model": "claude-sonnet-4-5", "messages": []}))
+        anthropic.parse("/v1/messages", orjson.dumps({"model": "claude-sonnet-4-5", "messages": []}), 128)
     p = anthropic.parse("/v1/messages", orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 9,
-                                                      "messages": [], "stream": True}))
+                                                      "messages": [], "stream": True}), 128)
     tap = anthropic.Tap(p)
     start = b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
     delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":8}}\n\n'
