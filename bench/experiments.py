@@ -35,6 +35,7 @@ EXPERIMENTS = {
     "null_audit_store": "UPPER BOUND only: an audit store that discards rows (what the SQLite store costs)",
     "gc_freeze": "gc.freeze() once the app has started (adopted in gateway/app.py after this measured +9%)",
     "no_hot_reload": "policy and agents files not watched (no watcher threads)",
+    "gc_threshold": "young-generation collections 10x rarer (adopted in `portcullis serve` after +4.9%)",
     "all": "every change above except null_audit_store",
 }
 
@@ -155,6 +156,9 @@ def serve(config: str, port: int, names: set[str]) -> None:
     asgi = app.router if ("router" in names or "all" in names) else app
     if "gc_freeze" in names:
         _gc_freeze(app)
+    if "gc_threshold" in names:
+        import gc
+        gc.set_threshold(7000, 10, 10)
     uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                                   lifespan="on", access_log=False, log_config=None, **opts)).run()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     configure_logging(settings.logging.level)
+    # This process is the gateway: young-generation collections ten times rarer cost a few
+    # hundred KB and save ~5% CPU a request (`python -m bench ab --only gc_threshold`).
+    gc.set_threshold(7000, 10, 10)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     try:
