@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-from gateway.audit.chain import GENESIS, event_to_row, link, row_from_store
+from gateway.audit.chain import GENESIS, event_to_row, link
 from gateway.audit.heads import ChainHeads, heads_path, load_heads
+from gateway.audit.spool import SpoolFile
 from gateway.errors import BackendError, Unavailable
 from gateway.protocols import AuditStore
 from gateway.settings import AuditSettings
@@ -58,6 +58,7 @@ class AuditWriter:
         self._store = store
         self._settings = settings
         self._spool_path = Path(spool_path)
+        self._spool = SpoolFile(self._spool_path)
         self._metrics: AuditMetrics = metrics or _NoMetrics()
         self._chain_id = settings.chain_id
         self._batch_size = settings.batch_size
@@ -149,7 +150,7 @@ class AuditWriter:
 
     async def start(self) -> None:
         """Replay a spool left by an earlier run, find the chain head, start draining."""
-        spooled = await asyncio.to_thread(self._read_spool)
+        spooled = await asyncio.to_thread(self._spool.read)
         self._spool_rows = len(spooled)
         try:
             self._heads = ChainHeads(self._heads.path, await asyncio.to_thread(load_heads, self._heads.path))
@@ -331,7 +332,7 @@ class AuditWriter:
                 self._durable(len(rows), written=True)
                 return
         try:
-            await asyncio.to_thread(self._append_spool, rows)
+            await asyncio.to_thread(self._spool.append, rows)
         except OSError as e:
             # Neither store nor spool: keep rows (and their slots) in memory.
             self._failed(f"audit spool write failed ({len(rows)} rows held in memory): {e}")
@@ -346,14 +347,14 @@ class AuditWriter:
         if not force and asyncio.get_running_loop().time() < self._next_retry:
             return False
         try:
-            rows = await asyncio.to_thread(self._read_spool)
+            rows = await asyncio.to_thread(self._spool.read)
             for i in range(0, len(rows), self._batch_size):
                 # Idempotent: a partial earlier replay left some of these in the store.
                 await self._store_rows(rows[i:i + self._batch_size])
         except Exception as e:
             self._failed(f"audit spool replay failed, will retry: {e}")
             return False
-        await asyncio.to_thread(self._spool_path.unlink, missing_ok=True)
+        await asyncio.to_thread(self._spool.remove)
         log.info("replayed %d spooled audit rows", len(rows))
         self._metrics.inc_written(len(rows))
         self._spool_rows = 0
@@ -376,36 +377,3 @@ class AuditWriter:
             self._slots.release()
         if written:
             self._metrics.inc_written(n)
-
-    # ---- spool file (runs in a worker thread) ----------------------------------------
-
-    def _append_spool(self, rows: list[dict[str, Any]]) -> None:
-        self._spool_path.parent.mkdir(parents=True, exist_ok=True)
-        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-        with open(self._spool_path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _read_spool(self) -> list[dict[str, Any]]:
-        try:
-            data = self._spool_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        rows, good = [], 0
-        for line in data.splitlines(keepends=True):
-            try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("incomplete line")
-                rows.append(row_from_store(orjson.loads(line)))
-            except ValueError:
-                if good + len(line) < len(data):
-                    raise Unavailable(f"audit spool {self._spool_path} is corrupt at byte {good}") from None
-                # A crash mid-append leaves a partial last line; its slot was never released.
-                log.warning("dropping a partial last line from audit spool %s", self._spool_path)
-                with open(self._spool_path, "r+b") as f:
-                    f.truncate(good)
-                    os.fsync(f.fileno())
-                break
-            good += len(line)
-        return rows
