@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench import fixtures, procs, wrk
-from bench.experiments import EXPERIMENTS
+from bench.experiments import EXPERIMENTS, TRACING
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,17 +30,24 @@ def main(args: argparse.Namespace) -> int:
     upstream = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(up_port)],
                            up_port, work, cpus=procs.LOAD_CPU, cwd=fixtures.REPO)
     servers: dict[str, procs.Server] = {}
+    sink = None
     best: dict[str, dict[str, wrk.WrkResult]] = {n: {} for n in names}
     try:
         procs.wait_ready(upstream, timeout_s=20)
         policy_dir = fixtures.write_policy(work / "policies")
         agents = fixtures.write_agents(work / "agents.yaml", 0)
+        if TRACING.keys() & set(names):  # an OTLP/HTTP endpoint for the tracing experiments
+            sink_port = procs.free_port()
+            sink = procs.start("otlp-sink", [sys.executable, "-m", "bench.otlp_sink", "--port", str(sink_port)],
+                               sink_port, work, cpus=procs.LOAD_CPU, cwd=fixtures.REPO)
+            procs.wait_ready(sink, timeout_s=20)
+            env["BENCH_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}/v1/traces"
         for name in names:
             port = procs.free_port()
             cfg = fixtures.write_config(work / f"ab-{name}.yaml", port=port, upstream_url=upstream.url,
                                         policy_dir=policy_dir, agents_file=agents, chain_id=f"ab-{name}")
             s = procs.start(f"ab-{name}", [sys.executable, "-m", "bench.experiments", str(cfg), str(port), name],
-                            port, work, cpus=procs.PROXY_CPU, cwd=fixtures.REPO)
+                            port, work, cpus=procs.PROXY_CPU, cwd=fixtures.REPO, env=env)
             procs.wait_ready(s, timeout_s=60, path="/readyz")
             servers[name] = s
             wrk.run(s.url, "chat", duration_s=2, connections=32, workdir=work, env=env, cpus=procs.LOAD_CPU)
@@ -59,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for s in servers.values():
             procs.stop(s)
+        if sink is not None:
+            procs.stop(sink)
         procs.stop(upstream)
         shutil.rmtree(work, ignore_errors=True)
     base = best["none"]

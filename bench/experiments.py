@@ -36,8 +36,15 @@ EXPERIMENTS = {
     "gc_freeze": "gc.freeze() once the app has started (adopted in gateway/app.py after this measured +9%)",
     "no_hot_reload": "policy and agents files not watched (no watcher threads)",
     "gc_threshold": "young-generation collections 10x rarer (adopted in `portcullis serve` after +4.9%)",
-    "all": "every change above except null_audit_store",
+    "tracing": "tracing on: OTel spans for every request (sample_ratio 1.0), exported over OTLP/HTTP "
+               "to a sink (bench/otlp_sink.py); the baseline has tracing off, the shipped default",
+    "tracing_unsampled": "tracing on with sample_ratio 0: spans made but never recorded or exported",
+    "no_journal": "audit.journal off: what journaling each row before its response ends costs (on by default)",
+    "journal_fsync": "audit.journal_fsync on: an fdatasync per journal record (rows survive a host crash)",
+    "all": "every change above except null_audit_store, the journal and the tracing ones",
 }
+JOURNAL = {"no_journal": ("journal", False), "journal_fsync": ("journal_fsync", True)}
+TRACING = {"tracing": 1.0, "tracing_unsampled": 0.0}  # experiment -> sample_ratio
 
 
 def _request_id() -> None:
@@ -101,7 +108,7 @@ def _audit_row_fast() -> None:
 def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     """Patches that must happen before create_app; returns uvicorn option overrides."""
     if "all" in names:
-        names |= set(EXPERIMENTS) - {"all", "null_audit_store"}
+        names |= set(EXPERIMENTS) - {"all", "null_audit_store", *TRACING, *JOURNAL}
     if "request_id" in names:
         _request_id()
     if "audit_row_fast" in names:
@@ -110,6 +117,12 @@ def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
         settings_doc["cache"] = {"backend": "bench.standins:DictDecisionCache"}
     if "null_audit_store" in names:
         settings_doc["audit"]["backend"] = "bench.standins:NullAuditStore"
+    for name in names & set(JOURNAL):
+        key, value = JOURNAL[name]
+        settings_doc["audit"][key] = value
+    for name in names & set(TRACING):  # the driver starts the sink and names it in the environment
+        settings_doc["tracing"] = {"enabled": True, "sample_ratio": TRACING[name],
+                                   "endpoint": os.environ["BENCH_OTLP_ENDPOINT"]}
     if "no_hot_reload" in names:
         settings_doc.setdefault("policy", {})["hot_reload"] = False
         settings_doc.setdefault("identity", {})["hot_reload"] = False

@@ -187,8 +187,12 @@ async def _all(quick: bool, work: Path) -> dict[str, Any]:
     n = 20_000 if quick else 100_000
     out: dict[str, Any] = {}
     out.update(await policy(n, work))
+    from bench.micro_opa import opa_and_l2
+    out.update(await opa_and_l2(n, work))  # the opa backend and the Redis L2 (bench/micro_opa.py)
     out.update(await audit(20_000 if quick else 100_000, work))
     out.update(await limits(n // 2))
+    from bench.micro_tracing import tracing_costs
+    out.update(await tracing_costs(n // 2, work))  # tracing off vs on, per request (bench/micro_tracing.py)
     from bench.ledger import ledger
     out["hot_path_us"] = await ledger(n // 5)
     return out

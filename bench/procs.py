@@ -170,8 +170,9 @@ def _own_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process and its live descendants so far; 0.0 if unknown.
+def cpu_seconds(pid: int | Sequence[int] | None) -> float:
+    """User + system CPU time of a process (or of several: a fleet and its balancer) and
+    their live descendants so far; 0.0 if unknown.
 
     CPU per request is the noise-robust measure on a shared machine: another
     process stealing the core lowers requests/s but not the proxy's CPU per
@@ -179,7 +180,7 @@ def cpu_seconds(pid: int | None) -> float:
     """
     if pid is None:
         return 0.0
-    total, todo = 0.0, [pid]
+    total, todo = 0.0, [pid] if isinstance(pid, int) else list(pid)
     while todo:
         p = todo.pop()
         total += _own_cpu_seconds(p)

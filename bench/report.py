@@ -21,12 +21,14 @@ RUN_BUDGET: tuple[tuple[str, str, str, float], ...] = (
     ("rss_mb", "governed peak RSS under load (MB)", "<=", 150.0),
     ("governed_vs_litellm", "governed throughput / LiteLLM", ">=", 30.0),
     ("fleet_vs_bare", "fleet-mode governed throughput / bare proxy", ">=", 0.5),
+    ("fleet3_vs_bare3", "3 fleet replicas / 3 bare proxies, same balancer, 2 cores", ">=", 0.5),
     # The same ratios on a CPU-per-request basis (bare CPU/req ÷ governed CPU/req): what the
     # throughput ratio would be with the core to itself; robust when the machine is shared.
     ("governed_vs_bare_cpu", "  same, CPU basis: governed / bare", ">=", 0.75),
     ("stream_governed_vs_bare_cpu", "  same, CPU basis: streamed governed / bare", ">=", 0.85),
     ("governed_vs_litellm_cpu", "  same, CPU basis: governed / LiteLLM", ">=", 30.0),
     ("fleet_vs_bare_cpu", "  same, CPU basis: fleet / bare (gateway process only)", ">=", 0.5),
+    ("fleet3_vs_bare3_cpu", "  same, CPU basis: fleet3 / bare3 (replicas and balancer)", ">=", 0.5),
 )
 MICRO_BUDGET: tuple[tuple[str, str, str, float], ...] = (
     ("cached_decision_us", "cached policy decision (µs)", "<=", 10.0),
@@ -92,11 +94,29 @@ def summarize(results: dict[str, Any], concurrency: int) -> dict[str, Any]:
                                               _get(results, "governed", st, "cpu_us_per_req"))
     s["fleet_vs_bare_cpu"] = _ratio(cpu["bare"], cpu["fleet"])
     s["governed_vs_litellm_cpu"] = _ratio(cpu["litellm"], cpu["governed"])
+    s.update(_fleet3_keys(results, concurrency))
     for b in baselines(results):
         s.update(_baseline_keys(results, b, concurrency))
     s["budget"] = verdicts(s, RUN_BUDGET)
     s["results"] = results
     return s
+
+
+def _fleet3_keys(results: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """fleet3 against bare3: three replicas of each behind the same balancer (bench/fleet3.py)."""
+    status = results.get("fleet3", {}).get("status", "not run")
+    out: dict[str, Any] = {"fleet3_status": status}
+    if status != "ok" or results.get("bare3", {}).get("status") != "ok":
+        return out
+    cc, st = f"chat_c{concurrency}", f"stream_c{concurrency}"
+    for t in ("fleet3", "bare3"):
+        out[f"{t}_rps"] = _get(results, t, cc, "rps")
+        out[f"{t}_cpu_us_per_req"] = _get(results, t, cc, "cpu_us_per_req")
+    out["fleet3_vs_bare3"] = _ratio(out["fleet3_rps"], out["bare3_rps"])
+    out["fleet3_vs_bare3_cpu"] = _ratio(out["bare3_cpu_us_per_req"], out["fleet3_cpu_us_per_req"])
+    out["stream_fleet3_vs_bare3"] = _ratio(_get(results, "fleet3", st, "rps"), _get(results, "bare3", st, "rps"))
+    out["fleet3_audit_rows"] = results["fleet3"].get("audit_rows")
+    return out
 
 
 def baselines(results: dict[str, Any]) -> list[str]:
@@ -131,9 +151,10 @@ def ratio_keys(bs: list[str]) -> list[str]:
         return [k for b in bs for k in (f"{prefix}{b}_vs_bare{suffix}", f"{prefix}governed_vs_{b}{suffix}")]
 
     return ["governed_vs_bare", *pair("", ""), "stream_governed_vs_bare", *pair("stream_", ""),
-            "deny_mix_vs_bare", "cold_mix_vs_bare", "fleet_vs_bare", "governed_vs_litellm",
+            "deny_mix_vs_bare", "cold_mix_vs_bare", "fleet_vs_bare", "fleet3_vs_bare3", "stream_fleet3_vs_bare3",
+            "governed_vs_litellm",
             "governed_vs_bare_cpu", *pair("", "_cpu"), "stream_governed_vs_bare_cpu", *pair("stream_", "_cpu"),
-            "fleet_vs_bare_cpu", "governed_vs_litellm_cpu"]
+            "fleet_vs_bare_cpu", "fleet3_vs_bare3_cpu", "governed_vs_litellm_cpu"]
 
 
 def side_by_side(results: dict[str, Any], b: str) -> list[str]:
@@ -217,7 +238,7 @@ def table(results: dict[str, Any], s: dict[str, Any], concurrency: int) -> str:
     lines += ["", "| budget | value | verdict |", "|---|---:|---|"]
     for b in s["budget"]:
         lines.append(f"| {b['target']} | {_fmt(b['value'], '.3f')} | {b['verdict']} |")
-    for t in ("fleet", "litellm"):
+    for t in ("fleet", "fleet3", "litellm"):
         if s.get(f"{t}_status") not in ("ok", None):
             lines.append(f"\n{t}: {s[f'{t}_status']}")
     return "\n".join(lines)

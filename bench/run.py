@@ -5,6 +5,8 @@ Targets, each started here on 127.0.0.1 and stopped afterwards:
   bare      bench/bare_proxy.py: Starlette + shared aiohttp session, no governance
   governed  `portcullis serve` on embedded defaults (regorus, memory cache/limits, SQLite audit)
   fleet     `portcullis serve` with Redis limits and PostgreSQL audit, when available
+  fleet3    three such replicas behind bench/lb.py, unpinned on the 2 cores (bench/fleet3.py)
+  bare3     three bare proxies behind the same balancer: fleet3's baseline
   litellm   LiteLLM's proxy (--with-litellm)
   governed@REV  the `governed` target as it was at git revision REV (--baseline-ref REV, bench/baseline.py)
 
@@ -25,9 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from bench import baseline, fixtures, fleet, procs, report, wrk
+from bench import baseline, fixtures, fleet, fleet3, procs, report, wrk
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -74,8 +76,8 @@ def _wrk_env(target: str) -> dict[str, str]:
 class Target:
     name: str
     url: str
-    pid: int | None          # whose peak RSS to report (None: not a proxy)
-    cpu_pid: int | None      # whose CPU to count per request
+    pid: int | None          # whose peak RSS to report (None: not a proxy, or a group)
+    cpu_pid: int | Sequence[int] | None  # whose CPU to count per request (a group: all of it)
     env: dict[str, str]
 
 
@@ -142,15 +144,17 @@ def _portcullis_cmd(config: Path) -> list[str]:
 
 
 def start_portcullis(name: str, workdir: Path, upstream_url: str, agents_file: Path, policy_dir: Path,
-                     checkout: baseline.Checkout | None = None, **sections: Any) -> procs.Server:
-    """The working tree's gateway, or with `checkout` the one at that revision (same config)."""
+                     checkout: baseline.Checkout | None = None, cpus: str | None = procs.PROXY_CPU,
+                     **sections: Any) -> procs.Server:
+    """The working tree's gateway, or with `checkout` the one at that revision (same config);
+    pinned to `cpus` (None: unpinned)."""
     port = procs.free_port()
     cfg = fixtures.write_config(workdir / f"{name}.yaml", port=port, upstream_url=upstream_url,
                                 policy_dir=policy_dir, agents_file=agents_file, chain_id=f"bench-{name}",
                                 **sections)
     if checkout is not None:
         return baseline.start(checkout, name, cfg, port, workdir)
-    server = procs.start(name, _portcullis_cmd(cfg), port, workdir, cpus=procs.PROXY_CPU, cwd=workdir)
+    server = procs.start(name, _portcullis_cmd(cfg), port, workdir, cpus=cpus, cwd=workdir)
     try:
         procs.wait_ready(server, timeout_s=120, path="/readyz")
     except RuntimeError:
@@ -244,6 +248,7 @@ def _start_proxies(runner: Runner, plan: Plan, work: Path, up: str, stack: conte
     fl = _start_fleet(runner, work, up, small_agents, policy_dir, stack)
     if fl is not None:
         targets.append(Target("fleet", fl.url, fl.pid, fl.pid, _wrk_env("fleet")))
+        targets += _start_fleet3(runner, work, up, small_agents, policy_dir, stack)
 
     if plan.with_litellm:
         from bench import litellm  # noqa: PLC0415
@@ -280,3 +285,18 @@ def _start_fleet(runner: Runner, work: Path, up: str, agents: Path, policy_dir: 
         last = [ln for ln in str(e).splitlines() if ln.strip()]
         runner.unavailable("fleet", "startup failed: " + (last[-1][:300] if last else "?"))
         return None
+
+
+def _start_fleet3(runner: Runner, work: Path, up: str, agents: Path, policy_dir: Path,
+                  stack: contextlib.ExitStack) -> list[Target]:
+    """fleet3 and bare3 (bench/fleet3.py): three replicas of each behind the balancer, unpinned."""
+    try:
+        bare_lb, bare_pids = fleet3.start_bare3(work, up, stack)
+        fleet_lb, fleet_pids = fleet3.start_fleet3(work, up, agents, policy_dir, stack, start_portcullis,
+                                                   runner.results)
+    except RuntimeError as e:
+        last = [ln for ln in str(e).splitlines() if ln.strip()]
+        runner.unavailable("fleet3", "startup failed: " + (last[-1][:300] if last else "?"))
+        return []
+    return [Target("bare3", bare_lb.url, None, bare_pids, _wrk_env("bare")),
+            Target("fleet3", fleet_lb.url, None, fleet_pids, _wrk_env("fleet"))]

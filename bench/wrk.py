@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 SCENARIOS = ("chat", "stream", "deny_mix", "cold_mix")
@@ -128,7 +129,7 @@ def script_path(scenario: str, workdir: Path) -> Path:
 
 def run(url: str, scenario: str, *, duration_s: float, connections: int, workdir: Path,
         env: dict[str, str] | None = None, cpus: str | None = None, threads: int = 1,
-        server_pid: int | None = None) -> WrkResult:
+        server_pid: int | Sequence[int] | None = None) -> WrkResult:
     """One wrk run against `url`, pinned to `cpus` (e.g. "1") when taskset exists.
 
     With `server_pid`, the server's CPU time over the run is divided by the

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
@@ -13,7 +14,9 @@ from gateway import registry
 from gateway.agents_reload import AgentsReloader
 from gateway.audit.writer import AuditWriter
 from gateway.bodyread import BodyReader
+from gateway.breaker import Clock, GuardedTransport, breakers_for
 from gateway.directory import AgentDirectory
+from gateway.drain import Drain
 from gateway.endpoints import ModelsHandler, OpsEndpoints, not_found, surface_for
 from gateway.exchange import Governed, refuse_websocket
 from gateway.mcp.client import ToolLister
@@ -21,6 +24,7 @@ from gateway.mcp.routes import mcp_routes
 from gateway.metrics import Metrics
 from gateway.pipeline import LLMHandler
 from gateway.services import Services
+from gateway.readiness import Check, Readiness, Reconnector, dependency_checks
 from gateway.routing import ModelRouter
 from gateway.agents_file import load_agents
 from gateway.settings import ConfigError, Settings
@@ -35,8 +39,8 @@ from gateway.tools.http_endpoint import HTTPToolHandler
 log = logging.getLogger("portcullis.app")
 
 
-def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
-    """Construct every backend (no I/O yet) and the Services bundle.
+def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[Services, list[Any], Any]:
+    """Construct every backend (no I/O yet) and the Services bundle (`clock` times the breakers).
 
     Returns the services, the backends in start order, and the audit store.
     """
@@ -53,16 +57,23 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
         sources.append(registry.load("identity", "jwt")(settings.identity.jwt, base_dir=settings.base_dir,
                                                         vocabulary=lambda: engine.vocabulary))
     cache = registry.load("cache", settings.cache.backend)(settings.cache)
+    if settings.cache.l2 is not None:  # a Redis cache shared by the replicas, behind this L1
+        cache = registry.load("cache_l2", "redis")(settings.cache.l2, cache)
     limiter = registry.load("limits", settings.limits.backend)(settings.limits)
     store = registry.load("audit", settings.audit.backend)(settings.audit, settings.path(settings.audit.path))
     writer = AuditWriter(store, settings.audit, settings.path(settings.audit.spool_path), metrics)
+    metrics.watch_spool(settings.path(settings.audit.spool_path))
     upstreams = {name: registry.load("upstream", u.provider)(name, u) for name, u in settings.upstreams.items()}
     tools = settings.tools
     transports = {**{n: registry.load("tools", t.kind)(n, t) for n, t in tools.servers.items()},
                   **{n: registry.load("tools", "http")(n, t) for n, t in tools.http.items()}}
-    policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open")
+    sessions = registry.load("sessions", tools.session_store)(settings.limits)  # MCP session -> agent
+    # No decision while the audit chain cannot continue (store not reached since start): 503.
+    policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open", gate=writer.unready)
     catalog = ToolCatalog({n: t.annotations_ttl_s for n, t in tools.servers.items()})
-    lister = ToolLister(transports, catalog)
+    breakers = breakers_for(settings, metrics, clock)
+    # The gateway's own tools/list calls pass the server's breaker too: none while it is open.
+    lister = ToolLister({n: GuardedTransport(t, breakers.tool(n)) for n, t in transports.items()}, catalog)
     identity = IdentityResolver(sources, directory, settings.identity.anonymous_agent)
 
     def check_agents(candidate: AgentDirectory) -> None:
@@ -72,6 +83,8 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
 
     agents = AgentsReloader(agents_file, directory, hot_reload=settings.identity.hot_reload,
                             check=check_agents, on_reload=metrics.on_agents_reload)
+    # Off: no tracer at all (the OTel SDK is not even imported), so requests skip every span.
+    tracer = registry.load("tracing", "otel")(settings.tracing) if settings.tracing.enabled else None
     services = Services(
         settings=settings,
         identity=identity,
@@ -84,32 +97,46 @@ def build_services(settings: Settings) -> tuple[Services, list[Any], Any]:
         bodies=BodyReader(settings.server.max_body_bytes, settings.server.body_timeout_s),
         tools=ToolGovernor(tools, policy, catalog, lister.fetch),
         tool_transports=transports,
+        breakers=breakers,
+        tracer=tracer,
+        sessions=sessions,
     )
     # Start order: audit first (so every request can be recorded), upstreams last.
-    backends = [store, writer, services.bodies, engine, cache, limiter, agents, *sources,
+    backends = [store, writer, services.bodies, engine, cache, limiter, sessions, agents, *sources,
                 *upstreams.values(), *transports.values()]
+    if tracer is not None:  # closed last: a slow collector must not delay the audit flush
+        backends.insert(0, tracer)
     return services, backends, (store, engine)
 
 
-def create_app(settings: Settings) -> "GatewayApp":
-    services, backends, (store, engine) = build_services(settings)
+def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> "GatewayApp":
+    services, backends, (store, engine) = build_services(settings, clock)
+    drain = Drain(settings.server.drain_timeout_s)  # set by `portcullis serve` on SIGTERM
 
-    async def ready_check() -> list[str]:
-        problems = []
+    def ready_check() -> list[str]:  # in-memory checks, fresh on every /readyz
+        problems = ["draining: shutting down"] if drain.draining else []  # the Service stops routing here
         if not engine.revision:
             problems.append("policies not loaded")
-        if not await store.writable():
-            problems.append("audit store not writable")
+        if (engine_problem := getattr(engine, "problem", None)) is not None:  # a remote engine (OPA) down
+            problems.append(engine_problem)
         if (audit_problem := services.audit.problem) is not None:
             problems.append(audit_problem)
         return problems
+
+    async def audit_writable() -> str | None:
+        return None if await store.writable() else "audit store not writable"
+
+    # Network dependencies (gateway/readiness.py): probed by /readyz, cached; reconnected when down at boot.
+    readiness = Readiness(dependency_checks(backends) + [Check("audit_store", audit_writable)], ready_check,
+                          settings.readiness, services.metrics)
+    reconnector = Reconnector(settings.readiness, services.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         started: list[Any] = []
         try:
             for b in backends:
-                await b.start()
+                await reconnector.start(b)  # a Dependency that is down is retried in the background
                 started.append(b)
             services.metrics.on_policy_reload(engine.revision, None)
             # What startup built (modules, settings, compiled policies, pools) lives as long as the
@@ -120,6 +147,7 @@ def create_app(settings: Settings) -> "GatewayApp":
             log.info("portcullis ready", extra={"policy_revision": engine.revision})
             yield
         finally:
+            await reconnector.aclose()
             # Reverse order: the audit writer closes last, after flushing every row.
             for b in reversed(started):
                 try:
@@ -127,7 +155,7 @@ def create_app(settings: Settings) -> "GatewayApp":
                 except Exception:
                     log.exception("closing %s failed", type(b).__name__)
 
-    ops = OpsEndpoints(services, ready_check)
+    ops = OpsEndpoints(services, readiness.report)
     s = services
     # Everything else is a 404 in the caller's format, audited; a bad credential is recorded
     # but does not turn the 404 into a 401.
@@ -139,7 +167,7 @@ def create_app(settings: Settings) -> "GatewayApp":
     routes = [
         Route("/v1/models/{model:path}", models),
         Route("/tools/{name}", Governed(s, HTTPToolHandler(s), surface=tools_surface)),
-        *mcp_routes(s),  # /mcp/{server}, and OAuth discovery when JWT issuers are configured
+        *mcp_routes(s, drain),  # /mcp/{server}, and OAuth discovery when JWT issuers are configured
         Route("/healthz", ops.healthz),
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),
@@ -148,7 +176,9 @@ def create_app(settings: Settings) -> "GatewayApp":
     # `default`: targets no route can match (`OPTIONS *`, a path without its leading /) get the
     # same audited 404 instead of Starlette's plain one; no unaudited slash redirects either.
     router = Router(routes=routes, lifespan=lifespan, default=unknown, redirect_slashes=False)
-    return GatewayApp(exact, router, services)
+    app = GatewayApp(exact, router, services)
+    app.state.drain = drain
+    return app
 
 
 class GatewayApp:

@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.drain import BACKSTOP_S, DrainingServer
     from gateway.logs import configure_logging
 
     settings = _settings(args.config)
@@ -51,8 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             # The gateway decides whom to believe (server.trust_forwarded_for);
                             # uvicorn's default would take X-Forwarded-For from any local client.
                             proxy_headers=False,
-                            timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run()
+                            # The drain cuts at drain_timeout_s itself and waits for the rows.
+                            timeout_graceful_shutdown=settings.server.drain_timeout_s + BACKSTOP_S)
+    DrainingServer(config, app.state.drain).run()  # SIGTERM: drain, flush the audit queue, exit 0
     return 0
 
 

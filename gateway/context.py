@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.types import Agent, AuditEvent, Decision, Principal, Reservation, Usage
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 
 @dataclass(slots=True)
@@ -31,6 +34,8 @@ class Exchange:
     policy_input: dict[str, Any] | None = None
     input_digest: str | None = None
     reservation: Reservation | None = None  # settled by finish() with the real usage
+    trace: RequestTrace | None = None  # None unless tracing is on (gateway/tracing.py)
+    trace_id: str | None = None  # this request's trace, or the client's traceparent's with tracing off
 
     def _reasons(self) -> tuple[str, ...]:
         # A denial is explained by the policy; anything else by what went wrong.
@@ -55,5 +60,5 @@ class Exchange:
             status=self.status, latency_ms=self.elapsed_ms(), upstream_ms=self.upstream_ms,
             input_tokens=self.usage.input_tokens, output_tokens=self.usage.output_tokens,
             client_ip=self.client_ip, error=self.error,
-            input_digest=self.input_digest, policy_input=self.policy_input,
+            input_digest=self.input_digest, policy_input=self.policy_input, trace_id=self.trace_id,
         )

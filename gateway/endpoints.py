@@ -87,7 +87,7 @@ async def not_found(call: Call) -> None:
 
 
 class OpsEndpoints:
-    """/healthz (liveness), /readyz (policies loaded, audit writable), /metrics."""
+    """/healthz (liveness), /readyz (policies loaded, audit writable, dependencies reachable), /metrics."""
 
     def __init__(self, services: Services, ready_check: Any) -> None:
         self.s = services
@@ -97,8 +97,14 @@ class OpsEndpoints:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(self, request: Request) -> Response:
-        problems = await self.ready_check()
-        body = orjson.dumps({"status": "ready" if not problems else "not ready", "problems": problems})
+        # {"status", "problems": [...], "dependencies": {"redis": {"ok", "error"}, ...}}: gateway/readiness.py
+        report = await self.ready_check()
+        problems = report["problems"]
+        body = orjson.dumps({**report,
+                             # Details only: an open breaker never makes the replica unready, since
+                             # its other upstreams and tool servers still work (and every replica
+                             # would see the same dead target, so none would stay in the Service).
+                             "breakers": self.s.breakers.snapshot()})
         return Response(body, status_code=200 if not problems else 503, media_type="application/json")
 
     async def metrics(self, request: Request) -> Response:

@@ -94,6 +94,12 @@ class UpstreamTimeout(GatewayError):
     status, kind, code, outcome = 504, "upstream_timeout", "upstream_timeout", None
 
 
+class CircuitOpen(GatewayError):
+    """An open circuit breaker refused the call without touching the upstream or tool server
+    (gateway/breaker.py); the message names the breaker, Retry-After says when it probes."""
+    status, kind, code = 503, "circuit_open", "circuit_open"
+
+
 class PolicyError(GatewayError):
     """The policy engine failed to produce a decision (fail closed: 503)."""
     status, kind, code = 503, "unavailable", "policy_unavailable"

@@ -16,6 +16,8 @@ an answer other than 503 "audit queue full", without a slot for its row.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -25,6 +27,7 @@ from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, Rate
 from gateway.http import ClientGone, header, headers_dict, send_bytes
 from gateway.services import Services
 from gateway.surfaces.base import Surface
+from gateway.tracing import client_trace_id, end_request, start_request
 
 log = logging.getLogger("portcullis.exchange")
 
@@ -88,6 +91,8 @@ class Governed:
         surface = self._surface or self._choose(scope)  # type: ignore[misc]
         ex = Exchange(request_id=s.request_ids(), api=surface.NAME,
                       client_ip=client_ip(scope, server.trust_forwarded_for))
+        if s.tracer is not None:  # off: this one check is all tracing costs
+            start_request(s.tracer, scope, ex)
         call = Call(scope, receive, send, ex, surface, {}, b"")
         try:  # nothing governed yet: what fails here needs a slot only for its row
             check_headers(scope["headers"], server.max_header_bytes, server.max_headers)
@@ -95,39 +100,62 @@ class Governed:
                 raise MethodNotAllowed(scope["method"], scope["path"][:200], self.methods)
             call.body = await s.bodies.read(receive, header(scope, b"content-length"))
         except Exception as e:
+            if ex.trace_id is None:
+                ex.trace_id = client_trace_id(header(scope, b"traceparent"))
             try:  # its row's slot, from the reserve if agents fill the queue
                 await s.audit.admit(early=True)
             except Unavailable as err:
                 await self._refuse(call, err)
                 return
+            call.send = journaled(s, ex, send)
             try:
                 await self._fail(call, e)
             finally:
                 await finish(s, surface.NAME, ex)
             return
+        except asyncio.CancelledError as e:  # cut (the drain deadline) while its body arrived: still a row
+            ex.status, ex.error = 499, str(e) or "request cancelled before its body arrived"
+            with contextlib.suppress(Unavailable):  # no slot left: no row, as for any refusal
+                await s.audit.admit(early=True)
+                await finish(s, surface.NAME, ex)
+            raise
         try:  # a queue slot before any governed work: nothing is admitted unaudited
             await s.audit.admit()
         except Unavailable as err:
             await self._refuse(call, err)
             return
+        s.audit.journal.begun(ex.request_id, ex.ts, ex.api, ex.client_ip, ex.trace_id)
+        call.send = journaled(s, ex, send)
         try:
             call.headers = headers_dict(scope)
+            if ex.trace_id is None and "traceparent" in call.headers:  # tracing off: the client's trace
+                ex.trace_id = client_trace_id(call.headers["traceparent"])
             try:
-                ex.agent, ex.principal = await s.identity.resolve(call.headers)
+                if ex.trace is None:  # untraced: one check, no span (gateway/tracing.py)
+                    ex.agent, ex.principal = await s.identity.resolve(call.headers)
+                else:
+                    with ex.trace.child("identity"):
+                        ex.agent, ex.principal = await s.identity.resolve(call.headers)
             except GatewayError:
                 if self.identity_required:
                     raise  # else: who asked is worth recording, but e.g. a 404 must not become a 401
             await self.handler(call)
         except Exception as e:
             await self._fail(call, e)
+        except asyncio.CancelledError as e:  # cut (the SIGTERM drain deadline): still one row, saying so
+            ex.error = ex.error or (str(e) or "request cancelled before it finished")
+            raise
         finally:
             await finish(s, surface.NAME, ex)
 
     async def _refuse(self, call: Call, err: Unavailable) -> None:
         """No audit queue slot for this request's row: a 503, counted, without a row."""
         rid, surface = call.ex.request_id, call.surface
-        log.error("refused: %s", err.message, extra={"request_id": rid})
+        log.error("refused: %s", err.message, extra={"request_id": rid, "trace_id": call.ex.trace_id})
         self.s.metrics.count_request(surface.NAME, "refused", 503)
+        if call.ex.trace is not None:
+            call.ex.status, call.ex.outcome = 503, "refused"
+            end_request(call.ex)
         await send_bytes(call.send, 503, surface.error_body(err, rid), surface.id_headers(rid))
 
     async def _fail(self, call: Call, e: Exception) -> None:
@@ -141,7 +169,7 @@ class Governed:
         elif isinstance(e, ClientGone):
             ex.status, ex.error = 499, "client disconnected before sending the whole body"
         else:  # a bug: still answer, still audit
-            log.error("internal error", exc_info=e, extra={"request_id": ex.request_id})
+            log.error("internal error", exc_info=e, extra={"request_id": ex.request_id, "trace_id": ex.trace_id})
             ex.outcome = "error"
             await send_error(call, GatewayError(f"internal gateway error ({type(e).__name__})"))
 
@@ -160,6 +188,20 @@ async def refuse_websocket(s: Services, scope: dict[str, Any], receive: Any, sen
         s.metrics.count_request(ex.api, "refused", 403)
         return
     await finish(s, ex.api, ex)
+
+
+def journaled(s: Services, ex: Exchange, send: Any) -> Any:
+    """`send`, but the row goes to the audit journal before the response's last body chunk:
+    a replica killed once a client has its whole answer still has the row (gateway/audit/journal.py)."""
+    journal = s.audit.journal
+    if not journal.enabled:
+        return send
+
+    async def send_journaled(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            journal.finished(ex.audit_event())
+        await send(message)
+    return send_journaled
 
 
 def check_headers(headers: Headers, max_bytes: int, max_count: int) -> None:
@@ -191,7 +233,12 @@ async def finish(s: Services, surface: str, ex: Exchange) -> None:
             await s.limits.settle(ex.reservation, ex.usage)
         except Exception:
             log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
-    s.audit.submit(ex.audit_event())
+    if ex.trace is None:
+        s.audit.submit(ex.audit_event())
+    else:
+        with ex.trace.child("audit.enqueue"):
+            s.audit.submit(ex.audit_event())
+        end_request(ex)
     observe(s, surface, ex)
 
 
@@ -205,11 +252,13 @@ def observe(s: Services, surface: str, ex: Exchange) -> None:
     level = logging.WARNING if failed else logging.DEBUG
     if (ex.status >= 400 or ex.error) and log.isEnabledFor(level):
         log.log(level, "request failed" if failed else "request refused", extra={
-            "request_id": ex.request_id, "agent_id": ex.agent.id if ex.agent else None,
+            "request_id": ex.request_id, "trace_id": ex.trace_id, "agent_id": ex.agent.id if ex.agent else None,
             "action": ex.action, "resource": ex.resource_name, "decision": ex.outcome,
             "status": ex.status, "error": ex.error})
     m = s.metrics
     m.count_request(surface, ex.outcome, ex.status)
+    if ex.agent is not None:
+        m.count_agent(ex.agent.id, ex.outcome)
     if ex.upstream_ms is not None:
         m.observe_upstream(ex.upstream or "", ex.upstream_ms / 1000.0)
         m.overhead.observe(max(0.0, ex.elapsed_ms() - ex.upstream_ms) / 1000.0)

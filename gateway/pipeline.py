@@ -16,6 +16,7 @@ from gateway.exchange import Call
 from gateway.http import send_bytes
 from gateway.protocols import UpstreamResponse
 from gateway.services import Services
+from gateway.breaker import Permit, through
 from gateway.stages.admission import refuse_denied, reserve
 from gateway.stages.forward import timed, until_client_gone
 from gateway.stages.policy import policy_input
@@ -48,7 +49,7 @@ class LLMHandler:
         ex.policy_input = policy_input(ex.agent, ex.principal.auth, parsed.action,
                                        {"type": "model", "name": parsed.model, "upstream": ex.upstream},
                                        {"api": self.surface.NAME, "stream": parsed.stream})
-        ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input)
+        ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input, ex.trace)
         refuse_denied(call)
         tokens = 0  # token counting generates nothing: a request against the limits, no tokens
         if parsed.generates:
@@ -56,8 +57,11 @@ class LLMHandler:
                 await self._check_declared_tools(parsed, call)
             self._cap_output(parsed, call)
             tokens = parsed.estimated_input_tokens() + (parsed.max_output or 0)
-        await reserve(s, call, tokens)
-        await self._forward(call, parsed)
+        permit = await reserve(s, call, tokens, s.breakers.upstream(ex.upstream))
+        try:
+            await self._forward(call, parsed, permit)
+        finally:
+            permit.release()  # no verdict if it never reached the upstream
 
     async def _check_declared_tools(self, parsed: Parsed, call: Call) -> None:
         """Refuse to let an agent offer a model a governed tool it may not call itself."""
@@ -91,12 +95,13 @@ class LLMHandler:
             ex.decision = replace(ex.decision, reasons=(
                 *ex.decision.reasons, f"{parsed.max_field} {asked} clamped to the {cap} allowed"))
 
-    async def _forward(self, call: Call, parsed: Parsed) -> None:
+    async def _forward(self, call: Call, parsed: Parsed, permit: Permit) -> None:
         ex, send = call.ex, call.send
         assert ex.upstream is not None
         up = self.s.upstreams[ex.upstream]
-        async with timed(ex):
-            resp = await up.send("POST", self.path, parsed.upstream_body(), self.surface.NAME, call.headers)
+        async with timed(ex, "upstream") as t:
+            resp = await through(permit, up.send("POST", self.path, parsed.upstream_body(), self.surface.NAME,
+                                                 t.outbound(call.headers)))
             try:
                 # Stream when the upstream streams: a JSON answer to a `stream: true` the API
                 # does not support (e.g. embeddings) passes through as JSON.
@@ -143,4 +148,5 @@ class LLMHandler:
             ex = call.ex
             ex.error = e.message if "mid-stream" in e.message else f"upstream failed mid-stream: {e.message}"
             tail = self.surface.stream_error_event(e, ex.request_id)
+        call.ex.usage = tap.usage  # before the last chunk: the audit journal takes the row then
         await send({"type": "http.response.body", "body": tail, "more_body": False})

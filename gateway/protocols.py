@@ -41,6 +41,16 @@ class PolicyEngine(Protocol):
 
 
 @runtime_checkable
+class RemotePolicyEngine(PolicyEngine, Protocol):
+    """A PolicyEngine whose decisions cost I/O (the OPA backend): the policy stage awaits
+    `aevaluate_many` (one round trip per call) instead of calling `evaluate`; `problem` says
+    why the engine cannot decide now (None when it can), for /readyz."""
+    problem: str | None
+
+    async def aevaluate_many(self, inputs: Sequence[Mapping[str, Any]]) -> list[Decision]: ...
+
+
+@runtime_checkable
 class DecisionCache(Protocol):
     async def start(self) -> None: ...
     async def get(self, key: str) -> Decision | None: ...
@@ -102,4 +112,21 @@ class ToolTransport(Protocol):
     async def start(self) -> None: ...
     async def send(self, method: str, body: bytes, headers: Mapping[str, str],
                    params: Mapping[str, str] | None = None) -> UpstreamResponse: ...
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Which agent opened each MCP session (`Mcp-Session-Id`), per MCP server.
+
+    `authoritative`: the store sees every binding the gateway (fleet) made, so an id it
+    does not know was not opened through the gateway and is refused; a per-replica store
+    is not, and passes unknown ids on. Raises BackendError when it cannot answer.
+    """
+    authoritative: bool
+
+    async def start(self) -> None: ...
+    async def bind(self, server: str, session_id: str, agent_id: str) -> None: ...
+    async def owner(self, server: str, session_id: str) -> str | None: ...  # refreshes the binding's TTL
+    async def end(self, server: str, session_id: str) -> None: ...
     async def aclose(self) -> None: ...

@@ -10,9 +10,13 @@ from typing import Any
 BACKENDS: dict[str, dict[str, str]] = {
     "policy": {
         "regorus": "adapters.policy.regorus_engine:RegorusEngine",
+        "opa": "adapters.policy.opa:OPAEngine",
     },
     "cache": {
         "memory": "adapters.cache.memory:MemoryDecisionCache",
+    },
+    "cache_l2": {  # cache.l2: a shared cache behind the L1, constructed with (l2 settings, l1)
+        "redis": "adapters.cache.redis_l2:RedisL2DecisionCache",
     },
     "limits": {
         "memory": "adapters.ratelimit.memory:MemoryRateLimiter",
@@ -34,6 +38,13 @@ BACKENDS: dict[str, dict[str, str]] = {
     "identity": {
         "api_key": "adapters.identity.apikeys:APIKeySource",
         "jwt": "adapters.identity.jwt:JWTSource",
+    },
+    "tracing": {
+        "otel": "adapters.tracing.otel:OTelTracer",  # imported only when tracing.enabled
+    },
+    "sessions": {  # MCP session -> agent bindings (tools.session_store)
+        "memory": "adapters.sessions.memory:MemorySessionStore",
+        "redis": "adapters.sessions.redis:RedisSessionStore",
     },
 }
 

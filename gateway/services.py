@@ -8,14 +8,16 @@ from typing import Callable
 
 from gateway.audit.writer import AuditWriter
 from gateway.bodyread import BodyReader
+from gateway.breaker import Breakers
 from gateway.metrics import Metrics
-from gateway.protocols import ToolTransport, Upstream
+from gateway.protocols import SessionStore, ToolTransport, Upstream
 from gateway.routing import ModelRouter
 from gateway.settings import Settings
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
 from gateway.tools.govern import ToolGovernor
+from gateway.tracing import Tracer
 
 
 class RequestIds:
@@ -42,4 +44,7 @@ class Services:
     bodies: BodyReader  # server.max_body_bytes within server.body_timeout_s
     tools: ToolGovernor | None = None
     tool_transports: dict[str, ToolTransport] = field(default_factory=dict)  # MCP servers and HTTP tools
+    breakers: Breakers = field(default_factory=Breakers)  # per upstream and tool server (gateway/breaker.py)
+    sessions: SessionStore | None = None  # MCP session -> agent bindings (tools.session_store)
     request_ids: Callable[[], str] = field(default_factory=lambda: RequestIds())
+    tracer: Tracer | None = None  # None when tracing is off (the default)

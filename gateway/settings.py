@@ -6,7 +6,6 @@ keys from the environment mapping passed in: nothing deeper reads os.environ.
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -14,8 +13,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gateway import registry
 from gateway.agents_file import load_agents
+from gateway.breaker import BreakerSettings
 from gateway.configbase import ConfigError, Model, checked, problems_of, read_yaml
 from gateway.mcp import origin
+from gateway.readiness import ReadinessSettings
+from gateway.settings_audit import AuditSettings
+from gateway.settings_opa import L2CacheSettings, OPASettings, resolve_l2
+from gateway.tracing import TracingSettings
 
 __all__ = ["ConfigError", "Settings", "check", "load_settings"]
 
@@ -41,6 +45,7 @@ class ServerSettings(Model):
     # host names (any port), name:port or *; origins scheme://host[:port] or * beyond those hosts.
     allowed_hosts: list[Annotated[str, checked(origin.host_entry_problem)]] = list(origin.LOOPBACK)
     allowed_origins: list[Annotated[str, checked(origin.origin_entry_problem)]] = []
+    drain_timeout_s: float = Field(25.0, ge=0)  # SIGTERM: how long in-flight streams may finish (drain.py)
 
 
 class JWTSettings(Model):
@@ -102,6 +107,7 @@ class PolicySettings(Model):
     # compiled: regorus' compiled program, once it agrees with the interpreter on a corpus
     # derived from the set's data (see adapters/policy/compiled.py); interpreter: always.
     evaluator: Literal["compiled", "interpreter"] = "compiled"
+    opa: OPASettings = OPASettings()  # backend: opa (adapters/policy/opa.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -126,11 +132,13 @@ class PolicySettings(Model):
 class CacheSettings(Model):
     backend: str = "memory"
     max_entries: int = Field(100_000, gt=0)  # least recently used decisions go first beyond this
+    l2: L2CacheSettings | None = None  # a shared Redis cache behind this L1 (adapters/cache/redis_l2.py)
 
 
 class LimitsSettings(Model):
     backend: str = "memory"  # memory (one process) | redis (exact across replicas) | module:Class
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url_env: str | None = None  # names the variable holding the URL; it overrides redis_url
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)  # may hold a password
     # Keys of one gateway fleet share this prefix; no braces: the agent id is the cluster hash tag.
     key_prefix: str = Field("portcullis:limits:", pattern=r"^[^{}]*$")
     redis_timeout_s: float = Field(0.5, gt=0)  # per command; a slower Redis is treated as down
@@ -139,27 +147,6 @@ class LimitsSettings(Model):
     settle_flush_ms: int = Field(20, ge=0)
     redis_pool_size: int = Field(32, gt=0)  # connections per replica
     redis_pool_wait_s: float = Field(5.0, gt=0)  # longest wait for a free one (a burst is not an outage)
-
-
-class AuditSettings(Model):
-    backend: str = "sqlite"  # sqlite (embedded) | postgres (fleet) | module:Class
-    path: str = "var/audit.db"  # sqlite file
-    dsn: str = "postgresql://127.0.0.1:5432/portcullis"  # postgres
-    table: str = Field("audit_log", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-    pool_min_size: int = Field(1, ge=0)  # postgres connection pool, per replica
-    pool_max_size: int = Field(4, gt=0)
-    timeout_s: float = Field(5.0, gt=0)  # postgres: connect and each statement; slower is down
-    spool_path: str = "var/audit.spool"
-    chain_id: str = Field(default_factory=socket.gethostname)
-    batch_size: int = Field(500, gt=0)
-    flush_interval_ms: int = Field(50, gt=0)
-    queue_max: int = Field(10000, gt=0)
-    on_full: Literal["wait", "refuse"] = "wait"
-    full_wait_s: float = Field(5.0, ge=0)
-    # Extra slots only for rows of requests refused before any governed work (405, 408,
-    # 413, 431, client gone): those rows are recorded even while agents fill queue_max.
-    reserve_max: int = Field(256, gt=0)
-    retry_interval_s: float = Field(2.0, gt=0)
 
 
 class UpstreamSettings(Model):
@@ -171,6 +158,7 @@ class UpstreamSettings(Model):
     read_timeout_s: float = Field(120.0, gt=0)
     max_connections: int = Field(256, gt=0)
     anthropic_version: str = "2023-06-01"
+    breaker: BreakerSettings | None = None  # fields set here override the top-level breaker
 
     @model_validator(mode="after")
     def _needs_url(self) -> "UpstreamSettings":
@@ -195,6 +183,7 @@ class _ToolEndpoint(Model):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)  # between bytes: long tool calls stream progress
     max_connections: int = Field(100, gt=0)
+    breaker: BreakerSettings | None = None  # fields set here override the top-level breaker
 
 
 class MCPServerSettings(_ToolEndpoint):
@@ -219,6 +208,7 @@ class ToolsSettings(Model):
     # Function names in chat requests mapped to governed tools ("server.tool" or an HTTP tool
     # name), besides the names recognised by themselves: server.tool, server__tool, mcp__server__tool.
     chat_tool_names: dict[str, str] = {}
+    session_store: str = "memory"  # MCP session -> agent: memory (per replica) | redis (limits Redis, fleet)
 
     @model_validator(mode="after")
     def _names(self) -> "ToolsSettings":
@@ -252,6 +242,9 @@ class Settings(Model):
     routes: list[RouteSettings]
     tools: ToolsSettings = ToolsSettings()
     logging: LoggingSettings = LoggingSettings()
+    breaker: BreakerSettings = BreakerSettings()  # per upstream and tool server (gateway/breaker.py)
+    readiness: ReadinessSettings = ReadinessSettings()  # /readyz probes, reconnecting at boot
+    tracing: TracingSettings = TracingSettings()  # OpenTelemetry, off by default (gateway/tracing.py)
     base_dir: str = Field(".", exclude=True)  # directory of the config file; relative paths hang off it
 
     @field_validator("routes")
@@ -286,6 +279,9 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     except ValidationError as e:
         raise ConfigError(problems_of(e)) from None
     problems = _backend_problems(settings)
+    tracing, tracing_problems = settings.tracing.resolved(environ)  # exporter headers from headers_env
+    problems += tracing_problems
+    settings = settings.model_copy(update={"tracing": tracing})
     upstreams = {}
     for name, up in settings.upstreams.items():
         key = environ.get(up.api_key_env) if up.api_key_env else None
@@ -300,10 +296,28 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
         if not secret:
             problems.append(("identity.jwt.hs_secret_env", f"environment variable {jwt.hs_secret_env} is not set"))
         jwt = jwt.model_copy(update={"hs_secret": secret})
+    l2, l2_problems = resolve_l2(settings.cache.l2, environ)
+    problems += l2_problems
+    limits = _env_secret(settings.limits, "redis_url", "limits", environ, problems)
+    audit = _env_secret(settings.audit, "dsn", "audit", environ, problems)
     if problems:
         raise ConfigError(problems)
     identity = settings.identity.model_copy(update={"jwt": jwt})
-    return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools})
+    return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools,
+                                       "limits": limits, "audit": audit,
+                                       "cache": settings.cache.model_copy(update={"l2": l2})})
+
+
+def _env_secret(section: Any, field: str, key: str, environ: Mapping[str, str],
+                problems: list[tuple[str, str]]) -> Any:
+    """`<key>.<field>_env` names the variable holding `field` (a URL with a password); it wins."""
+    env = getattr(section, f"{field}_env")
+    if not env:
+        return section
+    if not (value := environ.get(env)):
+        problems.append((f"{key}.{field}_env", f"environment variable {env} is not set"))
+        return section
+    return section.model_copy(update={field: value})
 
 
 def _backend_problems(settings: Settings) -> list[tuple[str, str]]:
@@ -312,6 +326,7 @@ def _backend_problems(settings: Settings) -> list[tuple[str, str]]:
              ("cache.backend", "cache", settings.cache.backend),
              ("limits.backend", "limits", settings.limits.backend),
              ("audit.backend", "audit", settings.audit.backend),
+             ("tools.session_store", "sessions", settings.tools.session_store),
              *((f"upstreams.{n}.provider", "upstream", u.provider) for n, u in settings.upstreams.items()),
              *((f"tools.servers.{n}.kind", "tools", t.kind) for n, t in settings.tools.servers.items())]
     problems: list[tuple[str, str]] = []

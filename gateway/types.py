@@ -149,3 +149,4 @@ class AuditEvent:
     error: str | None
     input_digest: str | None
     policy_input: Mapping[str, Any] | None
+    trace_id: str | None = None  # W3C trace id (32 hex digits) when traced or sent by the client

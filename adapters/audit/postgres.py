@@ -128,6 +128,8 @@ def _where(dsn: str) -> str:
 
 
 class PostgresAuditStore:
+    dependency = "postgres"  # gateway.readiness.Dependency: probed by /readyz, reconnected at boot
+
     def __init__(self, settings: AuditSettings, path: Path | None = None) -> None:
         # `path` is the SQLite file; accepted so every store is built the same way, unused here.
         self._settings = settings
@@ -136,6 +138,7 @@ class PostgresAuditStore:
         self._secrets = _secrets(settings.dsn)
         self._label = self._scrub(f"audit postgres {_where(settings.dsn)} table {settings.table}")
         self._pool: asyncpg.Pool | None = None
+        self._down: str | None = None  # why the last start() failed, for /readyz
         t, cols = self._table, _COLUMNS
         self._schema = (
             f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -196,10 +199,37 @@ class PostgresAuditStore:
                 if await conn.fetchval("SELECT to_regclass($1) IS NULL", self._table):
                     for stmt in self._schema:
                         await conn.execute(stmt)
+                else:
+                    await self._add_missing_columns(conn)
         except (*_ERRORS, ValueError) as e:
             err = self._error("start failed", e)
+            self._down = str(err)
             await self.aclose()
             raise err
+        self._down = None
+
+    async def probe(self) -> str | None:
+        """SELECT 1 on the pool: None when PostgreSQL answers, else why not (no password)."""
+        if self._pool is None:
+            return self._down or f"{self._label}: not connected"
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                await conn.fetchval("SELECT 1")
+        except _ERRORS as e:
+            return str(self._error("probe failed", e))
+        return None
+
+    async def _add_missing_columns(self, conn: asyncpg.Connection) -> None:
+        """Migrate a table made by an older version: add the nullable columns added since
+        (trace_id; null reads as absent in the chain's canonical form, so old rows verify)."""
+        have = {r["attname"] for r in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 "
+            "AND NOT attisdropped", self._table)}
+        for f in ROW_FIELDS:
+            if f not in have:
+                # Fails (and so does start) for a role that may not ALTER: the inserts would too.
+                await conn.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS {f} "
+                                   f"{_TYPES.get(f, 'text')}")
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None

@@ -77,6 +77,7 @@ class SQLiteAuditStore:
             await self._writer.execute("PRAGMA synchronous=NORMAL")
             for stmt in _SCHEMA:
                 await self._writer.execute(stmt)
+            await _add_missing_columns(self._writer)
             self._reader = await self._connect()
             st = os.stat(self._path)
             self._file = (st.st_dev, st.st_ino)
@@ -191,6 +192,23 @@ class SQLiteAuditStore:
                     pass
         self._writer = self._reader = None
         self._file = None
+
+
+async def _add_missing_columns(conn: aiosqlite.Connection) -> None:
+    """Migrate a file made by an older version: add the columns added since (trace_id).
+
+    They are nullable, so old rows read back as null, which the chain's canonical
+    form treats as absent: those rows still verify.
+    """
+    async with conn.execute("PRAGMA table_info(audit_log)") as cur:
+        have = {r[1] for r in await cur.fetchall()}
+    for f in ROW_FIELDS:
+        if f not in have:
+            try:
+                await conn.execute(f"ALTER TABLE audit_log ADD COLUMN {f} {_TYPES.get(f, 'TEXT')}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):  # another process migrated it first
+                    raise
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:

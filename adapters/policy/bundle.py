@@ -8,10 +8,11 @@ all see the same set of files and data.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 import regorus
@@ -42,16 +43,31 @@ def error_text(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _walk(policy_dir: Path) -> Iterator[Path]:
+    """Every non-hidden file below `policy_dir`, through symlinked directories: a ConfigMap
+    volume's top-level entries are links (`portcullis -> ..data/portcullis`), which
+    `Path.rglob` would not enter. Editors and git keep hidden files and folders here (and
+    the volume its `..data` internals); they are never policy."""
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(policy_dir, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link cycle, or two links to one directory
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            path = Path(top, name)
+            if not name.startswith(".") and path.is_file():
+                yield path
+
+
 def _files(policy_dir: Path, include_tests: bool) -> list[tuple[str, bytes]]:
     if not policy_dir.is_dir():
         raise PolicyCompileError(f"policy directory not found: {policy_dir}")
     out = []
-    for path in policy_dir.rglob("*"):
-        rel = path.relative_to(policy_dir)
-        # Editors and git keep hidden files and folders here; they are never policy.
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        name = rel.as_posix()
+    for path in _walk(policy_dir):
+        name = path.relative_to(policy_dir).as_posix()
         if path.name in ("data.json", SCHEMA_FILE) or (
                 path.suffix == ".rego" and (include_tests or not is_test_file(name))):
             out.append((name, path.read_bytes()))

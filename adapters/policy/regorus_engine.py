@@ -23,20 +23,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 import regorus
-import watchfiles
 
 from adapters.policy import compiled, lint
+from adapters.policy.reloading import OnReload, notify, watch_policies
 from adapters.policy.bundle import PolicyFiles, build_engine, collect, error_text, vocabulary
 from gateway.errors import PolicyCompileError, PolicyError
 from gateway.settings import PolicySettings
 from gateway.types import Decision, Vocabulary
-from gateway.watch import reload_on_change
 
 log = logging.getLogger("portcullis.policy")
 
 ENTRY_POINT = "data.portcullis.decision"
 
-OnReload = Callable[[str | None, Exception | None], None]
 # Reasons a set's vocabulary may not go live (e.g. an agent whose maturity it drops).
 CheckVocabulary = Callable[[Vocabulary], Sequence[str]]
 
@@ -276,15 +274,7 @@ class RegorusEngine:
             log.info("revision %s now runs compiled", active.revision)
 
     def _notify(self, revision: str | None, exc: Exception | None) -> None:
-        if self._on_reload is None:
-            return
-        try:
-            self._on_reload(revision, exc)
-        except Exception:  # a faulty listener must not stop reloads
-            log.exception("policy on_reload callback failed")
+        notify(self._on_reload, revision, exc)
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        def relevant(_: watchfiles.Change, path: str) -> bool:
-            return path.endswith((".rego", ".json"))
-
-        await reload_on_change(self._dir, relevant, self.reload, stop, log, "policy")
+        await watch_policies(self._dir, self.reload, stop)

@@ -15,8 +15,10 @@ Keys: `<key_prefix>{<agent>}:r` and `…:t`, hashes of level `l` and time `t`
 expires when its bucket would be full again: a missing key is a full bucket.
 
 Every Redis failure (refused, timed out, script error) is raised as BackendError,
-naming host:port/db but never the URL's password; `start()` fails when Redis is
-unreachable, so a replica does not come up without its limiter.
+naming host:port/db but never the URL's password. `start()` fails when Redis is
+unreachable; as a readiness `Dependency` (gateway/readiness.py) the app then comes up
+not ready and retries it, while every reserve fails closed (503), exactly as when Redis
+goes away later.
 """
 from __future__ import annotations
 
@@ -126,6 +128,8 @@ def _pool_options() -> dict[str, Any]:
 
 
 class RedisRateLimiter:
+    dependency = "redis"  # gateway.readiness.Dependency: probed by /readyz, reconnected at boot
+
     def __init__(self, settings: LimitsSettings, clock: Callable[[], float] | None = None) -> None:
         self._settings = settings
         self._clock = clock  # tests only (seconds); None means Redis' own clock
@@ -134,6 +138,7 @@ class RedisRateLimiter:
         self._settle: Any = None
         self._where = "Redis"  # host:port/db once started; never the URL (it may hold a password)
         self._secret = ""
+        self._down: str | None = None  # why the last start() failed, for /readyz
         # Settles wait up to settle_flush_ms and go to Redis summed per bucket, pipelined:
         # one round trip for many requests instead of one each (see settle()).
         self._pending: dict[tuple[str, int], int] = {}
@@ -169,7 +174,20 @@ class RedisRateLimiter:
                 await self._redis.script_load(script.script)  # also proves the scripts compile
         except (RedisError, OSError) as e:
             await self.aclose()
-            raise self._error("connecting the rate limiter", e) from e
+            err = self._error("connecting the rate limiter", e)
+            self._down = str(err)
+            raise err from e
+        self._down = None
+
+    async def probe(self) -> str | None:
+        """PING on the limiter's own pool: None when Redis answers, else why not (no password)."""
+        if self._redis is None:
+            return self._down or f"Redis at {self._where}: rate limiter not connected"
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as e:
+            return str(self._error("ping", e))
+        return None
 
     async def aclose(self) -> None:
         if self._flusher is not None:
@@ -192,8 +210,8 @@ class RedisRateLimiter:
 
     async def reserve(self, key: str, limits: Limits, tokens: int) -> LimitResult:
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        if self._redis is None:
-            raise BackendError("the Redis rate limiter is not started")
+        if self._redis is None:  # not reached since boot: fail closed, as when Redis is down later
+            raise BackendError(self._down or "the Redis rate limiter is not started")
         try:
             reason, r, t = await self._reserve(keys=self._keys(key), args=[self._now(), rpm or 0, tpm or 0, tokens])
         except (RedisError, OSError) as e:

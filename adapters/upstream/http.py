@@ -15,9 +15,10 @@ import aiohttp
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.settings import UpstreamSettings
 
-# Client headers worth passing on; credentials, cookies and hop-by-hop never are.
+# Client headers worth passing on; credentials, cookies and hop-by-hop never are. The W3C
+# trace context is the gateway's own span when tracing is on, else the client's unchanged.
 FORWARDED_HEADERS = frozenset({"content-type", "accept", "anthropic-version", "anthropic-beta",
-                               "openai-beta", "x-request-id"})
+                               "openai-beta", "x-request-id", "traceparent", "tracestate"})
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                          "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
                          "upgrade"})

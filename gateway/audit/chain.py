@@ -1,7 +1,8 @@
 """The audit row and its hash chain: pure functions, no I/O.
 
 Canonical form: orjson with OPT_SORT_KEYS over every column except `hash`
-(nested policy_input keys are sorted too). orjson is already a dependency and
+(nested policy_input keys are sorted too); `trace_id`, added later, only when it
+is not null, so rows from before it existed still verify unchanged. orjson is already a dependency and
 gives one deterministic byte string for the value types a row can hold (str,
 int, float, bool, None, list, dict). Floats are rounded to 3 decimals and
 non-finite floats become None before hashing, so the value that comes back
@@ -28,13 +29,16 @@ ROW_FIELDS: tuple[str, ...] = (
     "action", "resource_type", "resource_name", "upstream", "api", "stream",
     "decision", "reasons", "policy_revision", "cache_hit",
     "status", "latency_ms", "upstream_ms", "input_tokens", "output_tokens", "client_ip", "error",
-    "input_digest", "policy_input",
+    "input_digest", "policy_input", "trace_id",
     "prev_hash", "hash",
 )
 CHAIN_FIELDS: tuple[str, ...] = ("chain_id", "seq", "prev_hash", "hash")
 GENESIS = "0" * 64
 
-_CANONICAL_FIELDS = tuple(f for f in ROW_FIELDS if f != "hash")
+_CANONICAL_FIELDS = tuple(f for f in ROW_FIELDS if f not in ("hash", "trace_id"))
+# Added after rows were first written: in the canonical form only when set, so a row
+# without one (every row written before the column existed) hashes as it always did.
+_OPTIONAL_FIELDS = ("trace_id",)
 _INT_FIELDS = ("seq", "tier", "status", "input_tokens", "output_tokens")
 _FLOAT_FIELDS = ("latency_ms", "upstream_ms")
 _BOOL_FIELDS = ("stream", "cache_hit")
@@ -104,12 +108,18 @@ def event_to_row(event: AuditEvent) -> dict[str, Any]:
         "error": event.error,
         "input_digest": event.input_digest,
         "policy_input": None if event.policy_input is None else _plain(event.policy_input),
+        "trace_id": event.trace_id,
     }
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
-    """Deterministic bytes of every column except `hash` (KeyError if one is missing)."""
-    return orjson.dumps({k: row[k] for k in _CANONICAL_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    """Deterministic bytes of every column except `hash` (KeyError if one is missing);
+    an optional column (trace_id) only when it is not null."""
+    doc = {k: row[k] for k in _CANONICAL_FIELDS}
+    for k in _OPTIONAL_FIELDS:
+        if (v := row.get(k)) is not None:
+            doc[k] = v
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def link(prev_hash: str, row: Mapping[str, Any]) -> str:

@@ -8,6 +8,9 @@ the chain strictly ordered without locks.
 A store file deleted or replaced while open (one stat per batch, and when idle) has
 its rows spooled and is reopened, the chain carrying on; not ready until replayed.
 Chain starts and heads also go to a file beside the spool (heads.py) for `verify`.
+A store unreachable at start leaves the chain head unknown: rows are held unchained
+(unchained.py) and `unready()` refuses governed work until the store is reached.
+Each row is also in a local journal before its response ends, replayed after a kill (journal.py).
 """
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ import collections
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from gateway.audit.chain import GENESIS, event_to_row, link
 from gateway.audit.heads import ChainHeads, heads_path, load_heads
+from gateway.audit.journal import Journal, Journaled, journal_path
+from gateway.audit.metrics import AuditMetrics, NoMetrics
 from gateway.audit.spool import SpoolFile
+from gateway.audit.unchained import HeadUnknown, UnchainedRows
 from gateway.errors import BackendError, Unavailable
 from gateway.protocols import AuditStore
 from gateway.settings import AuditSettings
@@ -31,35 +37,14 @@ from gateway.types import AuditEvent
 log = logging.getLogger("portcullis.audit")
 
 
-class AuditMetrics(Protocol):
-    def set_depth(self, n: int) -> None: ...
-    def inc_failures(self) -> None: ...
-    def inc_written(self, n: int) -> None: ...
-    def inc_store_replaced(self) -> None: ...
-
-
-class _NoMetrics:
-    def set_depth(self, n: int) -> None:
-        pass
-
-    def inc_failures(self) -> None:
-        pass
-
-    def inc_written(self, n: int) -> None:
-        pass
-
-    def inc_store_replaced(self) -> None:
-        pass
-
-
-class AuditWriter:
+class AuditWriter(HeadUnknown, Journaled):
     def __init__(self, store: AuditStore, settings: AuditSettings, spool_path: Path,
                  metrics: AuditMetrics | None = None) -> None:
         self._store = store
         self._settings = settings
         self._spool_path = Path(spool_path)
         self._spool = SpoolFile(self._spool_path)
-        self._metrics: AuditMetrics = metrics or _NoMetrics()
+        self._metrics: AuditMetrics = metrics or NoMetrics()
         self._chain_id = settings.chain_id
         self._batch_size = settings.batch_size
         self._flush_s = settings.flush_interval_ms / 1000
@@ -85,6 +70,10 @@ class AuditWriter:
         self._reopen_pending = False
         self._problem: str | None = None  # set while recovering from a replaced store
         self._heads = ChainHeads(heads_path(self._spool_path))
+        self._head_known = True  # False: the store was not reached since start (see unready)
+        self._unchained = UnchainedRows(self._spool_path)
+        self.journal = Journal(journal_path(self._spool_path), enabled=settings.journal, fsync=settings.journal_fsync)
+        self._recovered = 0  # rows replayed from the journal at start, holding no slot
 
     @property
     def depth(self) -> int:
@@ -94,6 +83,8 @@ class AuditWriter:
     @property
     def problem(self) -> str | None:
         """Why the audit trail is not healthy (for /readyz), or None."""
+        if not self._head_known:
+            return self.unready()
         if self._problem is None and self._moved is not None and not self._reopen_pending and self._moved():
             return "audit store file was removed or replaced"
         return self._problem
@@ -136,7 +127,9 @@ class AuditWriter:
         if self._reserved <= 0:
             raise RuntimeError("AuditWriter.submit() without a slot from admit()")
         self._reserved -= 1
-        # The row is built in the drain task, off the request's path (see _row).
+        # The row is built in the drain task, off the request's path (see _row); the
+        # event is in the journal first (unless already, as the response ended).
+        self.journal.submitted(event)
         self._queue.append(event)
         n = len(self._queue)
         if n == 1 or n >= self._batch_size:
@@ -156,29 +149,39 @@ class AuditWriter:
             self._heads = ChainHeads(self._heads.path, await asyncio.to_thread(load_heads, self._heads.path))
         except (OSError, ValueError) as e:
             log.error("audit chain heads not loaded, starting a new head file: %s", e)
+        await self._unchained.load()
         mine = [r for r in spooled if r["chain_id"] == self._chain_id]
         if mine:
             # The spool is newer than the store: continue from its last row.
             self._seq, self._prev = int(mine[-1]["seq"]), str(mine[-1]["hash"])
         else:
             try:
-                head = await self._store.last_link(self._chain_id)
+                await self._find_head()
             except BackendError as e:
-                raise Unavailable(f"audit store unavailable at startup: {e}") from e
-            known = self._heads.head(self._chain_id)
-            if known and (head is None or head[0] < known[0]):
-                # Never restart at seq 1 over a wiped store: `audit verify` then shows the gap.
-                log.error("audit store has chain %r up to seq %s but this writer stored up to seq %d: "
-                          "the store was wiped, replaced or truncated; continuing the chain from seq %d",
-                          self._chain_id, head[0] if head else 0, known[0], known[0] + 1)
-                self._metrics.inc_store_replaced()
-                head = known
-            self._seq, self._prev = head if head else (0, GENESIS)
+                self._head_known = False
+                self._failed(f"audit store unreachable at start, so chain {self._chain_id!r} cannot continue: "
+                             f"refusing governed requests, their rows held unchained until it answers: {e}")
+        if self._head_known and self._unchained:
+            await self._link_unchained()
+        await self._recover_journal()  # after the spool and unchained rows: it checks them
         if self._spool_rows:
             log.info("replaying %d spooled audit rows", self._spool_rows)
             await self._replay(force=True)
         self._closing = False
         self._task = asyncio.create_task(self._run(), name="portcullis-audit-writer")
+
+    async def _find_head(self) -> None:
+        """The chain's last stored link, from the store (raises BackendError when unreachable)."""
+        head = await self._store.last_link(self._chain_id)
+        known = self._heads.head(self._chain_id)
+        if known and (head is None or head[0] < known[0]):
+            # Never restart at seq 1 over a wiped store: `audit verify` then shows the gap.
+            log.error("audit store has chain %r up to seq %s but this writer stored up to seq %d: "
+                      "the store was wiped, replaced or truncated; continuing the chain from seq %d",
+                      self._chain_id, head[0] if head else 0, known[0], known[0] + 1)
+            self._metrics.inc_store_replaced()
+            head = known
+        self._seq, self._prev = head if head else (0, GENESIS)
 
     async def aclose(self) -> None:
         """Write everything queued (to the store or the spool), then stop.
@@ -193,9 +196,11 @@ class AuditWriter:
             await self._task
         finally:
             self._task = None
-        lost = len(self._unsaved) + len(self._queue)
+        lost = len(self._unsaved) + len(self._queue) + len(self._unchained.loose)
         if lost:
-            log.error("audit writer closed with %d rows neither stored nor spooled", lost)
+            log.error("audit writer closed with %d rows neither stored nor spooled, left in journal %s",
+                      lost, self.journal.path)
+        self.journal.close()  # removed unless it holds rows still to be replayed
 
     # ---- drain task ----------------------------------------------------------------
 
@@ -217,15 +222,22 @@ class AuditWriter:
                         pass
                 n = min(len(self._queue), self._batch_size)
                 batch = [self._queue.popleft() for _ in range(n)]
-                self._unsaved.extend(self._chain(self._row(e)) for e in batch)
-                await self._persist()
+                if not self._head_known:
+                    await self._reach_store()  # also under steady traffic, when never idle
+                if self._head_known:
+                    self._unsaved.extend(self._chain(self._row(e)) for e in batch)
+                    await self._persist()
+                else:
+                    await self._hold([self._row(e) for e in batch])
                 self._metrics.set_depth(self._held)
                 await self._heads.flush(loop.time())
             except Exception:  # keep draining: a dead task would stall every request
                 log.exception("audit writer loop failed; retrying")
                 await asyncio.sleep(self._settings.retry_interval_s)
         # Closing: one last attempt at whatever is still only in memory or the spool.
-        if self._unsaved:
+        if self._unchained.loose:
+            await self._hold([])
+        elif self._unsaved:
             await self._persist(force=True)
         elif self._spool_rows:
             await self._replay(force=True)
@@ -234,7 +246,7 @@ class AuditWriter:
 
     async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for work; when rows are spooled or unsaved, wake up to retry them."""
-        pending = bool(self._spool_rows or self._unsaved or self._problem)
+        pending = bool(self._spool_rows or self._unsaved or self._problem or not self._head_known)
         if pending:
             timeout: float | None = max(0.0, self._next_retry - loop.time())
         else:  # the periodic file check, when the store has one
@@ -249,7 +261,9 @@ class AuditWriter:
         await self._heads.flush(loop.time())
         if self._queue or self._closing:
             return
-        if self._unsaved:
+        if not self._head_known:
+            await self._reach_store()
+        elif self._unsaved:
             await self._persist()
         elif self._spool_rows:
             await self._replay()
@@ -324,6 +338,7 @@ class AuditWriter:
             return
         if not self._spool_rows or await self._replay(force):
             try:
+                self.journal.storing(rows)
                 await self._store_rows(rows)
             except Exception as e:
                 self._failed(f"audit store write failed ({len(rows)} rows), spooling: {e}")
@@ -369,11 +384,14 @@ class AuditWriter:
     def _durable(self, n: int, *, written: bool) -> None:
         self._unsaved = []
         self._held -= n
-        from_reserve = min(n, self._reserve_held)
+        self.journal.committed(n)
+        replayed = min(n, self._recovered)  # the oldest rows: they took no slot
+        self._recovered -= replayed
+        from_reserve = min(n - replayed, self._reserve_held)
         self._reserve_held -= from_reserve
         for _ in range(from_reserve):
             self._reserve.release()
-        for _ in range(n - from_reserve):
+        for _ in range(n - replayed - from_reserve):
             self._slots.release()
         if written:
             self._metrics.inc_written(n)

@@ -15,12 +15,14 @@ from typing import Any
 
 from gateway import sse
 from gateway.context import Exchange
+from gateway.drain import Drain
+from gateway.breaker import Permit, through
 from gateway.errors import GatewayError
 from gateway.exchange import Call
 from gateway.mcp import actions, jsonrpc, relay
 from gateway.mcp.jsonrpc import JSONRPCError, Message
 from gateway.mcp.origin import HostAllowlist
-from gateway.mcp.sessions import SessionBindings
+from gateway.mcp.sessions import SessionGuard
 from gateway.mcp.streams import Opening, StreamOrder
 from gateway.services import Services
 from gateway.stages.admission import refuse_denied, reserve
@@ -29,7 +31,8 @@ from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
 from gateway.surfaces.base import canonical, has_control
 
-_FORWARD = ("content-type", "accept", "last-event-id")
+# The trace context is the gateway's span when tracing is on, else the client's unchanged.
+_FORWARD = ("content-type", "accept", "last-event-id", "traceparent", "tracestate")
 
 
 def forward_headers(hdrs: dict[str, str], request_id: str) -> dict[str, str]:
@@ -49,10 +52,12 @@ def response_headers(hdrs: dict[str, str], request_id: str, extra: list[tuple[by
 
 
 class MCPHandler:
-    def __init__(self, services: Services, hosts: HostAllowlist) -> None:
+    def __init__(self, services: Services, hosts: HostAllowlist, drain: Drain | None = None) -> None:
         self.s = services
         self.hosts = hosts
-        self.sessions = SessionBindings()
+        self.drain = drain  # a session's GET stream ends when the replica starts draining
+        assert services.sessions is not None, "build_services() makes the session store"
+        self.sessions = SessionGuard(services.sessions)  # tools.session_store
         self.streams = StreamOrder()
 
     async def __call__(self, call: Call) -> None:
@@ -85,25 +90,23 @@ class MCPHandler:
         else:
             ex.action = "mcp.stream" if call.scope["method"] == "GET" else "mcp.session.close"
         sid = hdrs.get("mcp-session-id")
-        self._check_session(ex, server, sid)
+        if sid and ex.agent is not None:
+            await self.sessions.check(ex, server, sid)  # 404 for another agent's session (sessions.py)
         # From here on, this session's POSTs wait for its GET stream (streams.py).
         opening = self.streams.opening(server, sid) if sid and call.scope["method"] == "GET" else None
         try:
-            await self._decide(call, server, msg)
-            await self._forward(call, server, msg, opening)
+            permit = await self._decide(call, server, msg)
+            try:
+                await self._forward(call, server, msg, opening, permit)
+            finally:
+                permit.release()  # no verdict if it never reached the server
         finally:
             if opening is not None:
                 opening.done()
 
-    def _check_session(self, ex: Exchange, server: str, sid: str | None) -> None:
-        owner = self.sessions.owner(server, sid) if sid else None
-        if owner is not None and ex.agent is not None and owner != ex.agent.id:
-            # Answered like an unknown session (404), so a guessed id reveals nothing.
-            ex.error = f"MCP session opened by agent {owner} used by agent {ex.agent.id}"
-            raise JSONRPCError("session not found", jsonrpc.INVALID_REQUEST, status=404, code="session_not_found")
-
-    async def _decide(self, call: Call, server: str, msg: Message | None) -> None:
-        """Decide the message (tools/list is decided per tool later); reserve its request."""
+    async def _decide(self, call: Call, server: str, msg: Message | None) -> Permit:
+        """Decide the message (tools/list is decided per tool later); pass the server's
+        breaker and reserve its request."""
         s, ex = self.s, call.ex
         action = ex.action
         assert ex.agent is not None and ex.principal is not None and action is not None and s.tools is not None
@@ -118,43 +121,46 @@ class MCPHandler:
             ex.resource_type, ex.resource_name = "tool", name[:200]
             ann = await s.tools.annotations(server, name)
             [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
-                ex.agent, ex.principal.auth, surface.NAME, [(server, name, ann)])
+                ex.agent, ex.principal.auth, surface.NAME, [(server, name, ann)], ex.trace)
         else:
             res = actions.resource_for(action, server, params)
             ex.resource_type = res["type"]
             ex.resource_name = res.get("name") or server
             ex.policy_input = policy_input(ex.agent, ex.principal.auth, action, res,
                                            {"api": surface.NAME, "stream": False})
-            ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input)
+            ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input, ex.trace)
         # A refused listing is still forwarded, and its answer emptied: the result keeps the
         # shape the client's protocol version expects (2026-07-28 adds cache fields).
         if action != "tool.list":
             refuse_denied(call, code="tool_not_allowed" if action == "tool.call" else "policy_denied")
+        breaker = s.breakers.tool(server)
         if action in actions.HOUSEKEEPING or not ex.decision.allow:
+            permit = breaker.enter()  # forwarded all the same: refused at once while it is open
             ex.outcome = "allow" if ex.decision.allow else "deny"
-            return
-        await reserve(s, call, 0)
+            return permit
+        return await reserve(s, call, 0, breaker)
 
-    async def _forward(self, call: Call, server: str, msg: Message | None, opening: Opening | None) -> None:
+    async def _forward(self, call: Call, server: str, msg: Message | None, opening: Opening | None,
+                       permit: Permit) -> None:
         ex, send, hdrs = call.ex, call.send, call.headers
         on_response = self._on_response(ex, server, msg)
         session = hdrs.get("mcp-session-id")
         if session and msg is not None:
             await self.streams.wait_opened(server, session, self.s.settings.tools.servers[server].connect_timeout_s)
-        async with timed(ex):
+        async with timed(ex, "tool") as t:
             # A POST goes on as the message decided on, re-serialized (duplicate keys as parsed).
             body = canonical(msg.body) if msg is not None else call.body
-            resp = await self.s.tool_transports[server].send(call.scope["method"], body,
-                                                             forward_headers(hdrs, ex.request_id))
+            resp = await through(permit, self.s.tool_transports[server].send(
+                call.scope["method"], body, t.outbound(forward_headers(hdrs, ex.request_id))))
             if opening is not None:
                 opening.done()  # the server has the stream now: the session's POSTs may go
             try:
                 ex.status = resp.status
                 sid = resp.headers.get("mcp-session-id")
                 if sid and msg is not None and msg.method == "initialize" and resp.status < 400:
-                    self.sessions.bind(server, sid, ex.agent.id)
+                    await self.sessions.bind(ex, server, sid)  # before the client learns the id
                 elif ex.action == "mcp.session.close" and resp.status < 400 and "mcp-session-id" in hdrs:
-                    self.sessions.end(server, hdrs["mcp-session-id"])
+                    await self.sessions.end(server, hdrs["mcp-session-id"])
                 if resp.status >= 400:
                     ex.error = f"MCP server {server} answered {resp.status}"
                 rh = response_headers(resp.headers, ex.request_id, call.extra)
@@ -179,15 +185,24 @@ class MCPHandler:
 
     async def _pump(self, call: Call, resp: Any, msg: Message | None, on_response: relay.OnResponse | None) -> None:
         ex = call.ex
+        pump = relay.pump_sse(call.send, resp, msg.id if msg else None, on_response)
+        if ex.action == "mcp.stream" and self.drain is not None:
+            pump = self._end_when_draining(call, pump)
         try:
-            left = await until_client_gone(call.receive,
-                                           relay.pump_sse(call.send, resp, msg.id if msg else None, on_response))
+            left = await until_client_gone(call.receive, pump)
         except GatewayError as e:
             ex.error = f"MCP server failed mid-stream: {e.message}"
             await call.send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         if left and ex.action != "mcp.stream":  # a GET stream ends when its client leaves
             ex.error = "client disconnected mid-stream"
+
+    async def _end_when_draining(self, call: Call, pump: Any) -> None:
+        """A GET stream carries what the server may send later, not work in flight: it ends
+        (cleanly) when the drain starts, and the client reconnects to another replica."""
+        assert self.drain is not None
+        if await self.drain.until_draining(pump):
+            await call.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _on_response(self, ex: Exchange, server: str, msg: Message | None) -> relay.OnResponse | None:
         if msg is None or msg.kind != "request":

@@ -35,6 +35,7 @@ CODES = {
     "rate_limited": RATE_LIMITED,
     "upstream": UPSTREAM_UNAVAILABLE,
     "upstream_timeout": UPSTREAM_TIMEOUT,
+    "circuit_open": UPSTREAM_UNAVAILABLE,  # the server is down as far as this replica knows
     "unavailable": INTERNAL_ERROR,
     "not_found": INVALID_PARAMS,
 }

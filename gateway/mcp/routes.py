@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 
 from starlette.routing import Route
 
+from gateway.drain import Drain
 from gateway.exchange import Governed
 from gateway.mcp.endpoint import MCPHandler
 from gateway.mcp.oauth import WELL_KNOWN, ProtectedResource
@@ -21,10 +22,11 @@ def host_allowlist(server: ServerSettings) -> HostAllowlist:
     return HostAllowlist(hosts, server.allowed_origins)
 
 
-def mcp_routes(services: Services) -> list[Route]:
+def mcp_routes(services: Services, drain: Drain | None = None) -> list[Route]:
     hosts = host_allowlist(services.settings.server)
     resource = ProtectedResource(services.settings, hosts)
-    endpoint = Governed(services, MCPHandler(services, hosts), surface=surface, methods=("POST", "GET", "DELETE"),
+    endpoint = Governed(services, MCPHandler(services, hosts, drain), surface=surface,
+                        methods=("POST", "GET", "DELETE"),
                         challenge=lambda scope: resource.challenge(scope, scope.get("path_params", {}).get("server", "")))
     routes = [Route("/mcp/{server}", endpoint)]
     if resource.enabled:  # no JWT issuer, no OAuth flow to discover: these stay 404

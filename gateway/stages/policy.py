@@ -5,13 +5,14 @@ import hashlib
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, Unavailable
 from gateway.metrics import Metrics
 from gateway.protocols import DecisionCache, PolicyEngine
+from gateway.tracing import RequestTrace
 from gateway.types import Agent, Decision
 
 log = logging.getLogger("portcullis.policy")
@@ -35,17 +36,30 @@ def digest(doc: dict[str, Any]) -> str:
 
 class PolicyStage:
     def __init__(self, engine: PolicyEngine, cache: DecisionCache, metrics: Metrics,
-                 fail_open: bool = False) -> None:
+                 fail_open: bool = False, gate: Callable[[], str | None] | None = None) -> None:
         self._engine = engine
+        # Why no decision may be made now (the audit chain cannot continue: 503), or None.
+        self._gate = gate or (lambda: None)
         self._cache = cache
         self._metrics = metrics
         self._fail_open = fail_open
+        # An engine whose decisions cost I/O (the OPA backend) offers an awaitable batch call;
+        # the in-process engines keep their plain call, which costs no task switch.
+        self._remote = getattr(engine, "aevaluate_many", None)
 
-    async def decide(self, doc: dict[str, Any]) -> tuple[Decision, str]:
+    async def decide(self, doc: dict[str, Any], trace: RequestTrace | None = None) -> tuple[Decision, str]:
         """Return the decision and the input digest; raises PolicyError when failing closed.
 
         The one-input path of decide_many, without its lists: it runs on every request.
+        With the request's `trace`, a "policy" span records it (untraced: this one check).
         """
+        if trace is not None:
+            with trace.child("policy") as sp:
+                decided = await self.decide(doc)
+                sp.set("portcullis.cache_hit", decided[0].cache_hit)
+                return decided
+        if (why := self._gate()) is not None:
+            raise Unavailable(why, code="audit_unavailable")
         dig = digest(doc)
         # The revision in the key means a reload can never serve a stale decision.
         key = self._engine.revision + ":" + dig
@@ -54,13 +68,22 @@ class PolicyStage:
             self._metrics.cache_hit.inc()
             return cached, dig
         self._metrics.cache_miss.inc()
-        [decision] = self._evaluate([doc])
+        [decision] = self._evaluate([doc]) if self._remote is None else await self._evaluate_remote([doc])
         if decision.cache_ttl_s > 0:  # 0: a fail-open stand-in, never cached
             await self._cache.set(key, replace(decision, cache_hit=True), decision.cache_ttl_s)
         return decision, dig
 
-    async def decide_many(self, docs: Sequence[dict[str, Any]]) -> list[tuple[Decision, str]]:
+    async def decide_many(self, docs: Sequence[dict[str, Any]],
+                          trace: RequestTrace | None = None) -> list[tuple[Decision, str]]:
         """Decisions and input digests for several inputs: cache first, the misses in one batch."""
+        if trace is not None:
+            with trace.child("policy") as sp:
+                decided = await self.decide_many(docs)
+                sp.set("portcullis.cache_hit", all(d.cache_hit for d, _ in decided))  # True: no evaluation
+                sp.set("portcullis.decisions", len(decided))
+                return decided
+        if (why := self._gate()) is not None:
+            raise Unavailable(why, code="audit_unavailable")
         revision = self._engine.revision  # one revision for the whole batch
         digests = [digest(d) for d in docs]
         # The revision in the key means a reload can never serve a stale decision.
@@ -75,7 +98,8 @@ class PolicyStage:
             self._metrics.cache_hit.inc(hits)
         if misses:
             self._metrics.cache_miss.inc(len(misses))
-            fresh = self._evaluate([docs[i] for i in misses])
+            todo = [docs[i] for i in misses]
+            fresh = self._evaluate(todo) if self._remote is None else await self._evaluate_remote(todo)
             for i, decision in zip(misses, fresh):
                 out[i] = decision
                 if decision.cache_ttl_s > 0:  # 0: a fail-open stand-in, never cached
@@ -87,11 +111,23 @@ class PolicyStage:
         try:
             decisions = self._engine.evaluate_many(docs) if len(docs) > 1 else [self._engine.evaluate(docs[0])]
         except PolicyError as e:
-            self._metrics.policy_errors.inc()
-            if not self._fail_open:
-                raise
-            log.error("policy engine failed, failing open: %s", e)
-            return [Decision(allow=True, reasons=(f"policy engine failed, fail-open: {e}",),
-                             revision=self._engine.revision, cache_ttl_s=0) for _ in docs]
+            return self._failed(docs, e)
         self._metrics.policy_eval.observe((time.perf_counter() - t) / len(docs))
         return decisions
+
+    async def _evaluate_remote(self, docs: list[dict[str, Any]]) -> list[Decision]:
+        t = time.perf_counter()
+        try:
+            decisions = await self._remote(docs)
+        except PolicyError as e:
+            return self._failed(docs, e)
+        self._metrics.policy_eval.observe((time.perf_counter() - t) / len(docs))
+        return decisions
+
+    def _failed(self, docs: list[dict[str, Any]], e: PolicyError) -> list[Decision]:
+        self._metrics.policy_errors.inc()
+        if not self._fail_open:
+            raise e
+        log.error("policy engine failed, failing open: %s", e)
+        return [Decision(allow=True, reasons=(f"policy engine failed, fail-open: {e}",),
+                         revision=self._engine.revision, cache_ttl_s=0) for _ in docs]

@@ -9,6 +9,7 @@ from gateway.errors import GatewayError
 from gateway.settings import ToolsSettings
 from gateway.tools.catalog import ToolCatalog
 from gateway.stages.policy import PolicyStage, policy_input
+from gateway.tracing import RequestTrace
 from gateway.types import Agent, Decision
 
 log = logging.getLogger("portcullis.tools")
@@ -65,14 +66,16 @@ class ToolGovernor:
         return dict(self.settings.http[name].annotations)
 
     async def decide(self, agent: Agent, auth: str, api: str,
-                     tools: Iterable[tuple[str, str, dict[str, bool] | None]]) -> list[tuple[Decision, str, dict]]:
-        """(decision, input digest, input) per (server, tool, annotations), in one policy batch."""
+                     tools: Iterable[tuple[str, str, dict[str, bool] | None]],
+                     trace: RequestTrace | None = None) -> list[tuple[Decision, str, dict]]:
+        """(decision, input digest, input) per (server, tool, annotations), in one policy batch
+        (a "policy" span of `trace` when the request is traced)."""
         docs = [policy_input(agent, auth, "tool.call", tool_resource(server, name, ann),
                              {"api": api, "stream": False})
                 for server, name, ann in tools]
         if not docs:
             return []
-        return [(d, dg, doc) for (d, dg), doc in zip(await self.policy.decide_many(docs), docs)]
+        return [(d, dg, doc) for (d, dg), doc in zip(await self.policy.decide_many(docs, trace), docs)]
 
     def resolve(self, function_name: str) -> tuple[str, str] | None:
         """The governed (server, tool) a function name in a chat request stands for, if any."""

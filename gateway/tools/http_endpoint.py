@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.breaker import through
 from gateway.errors import NotFound
 from gateway.exchange import Call
 from gateway.http import send_bytes
@@ -18,8 +19,9 @@ from gateway.surfaces import tools as surface
 from gateway.surfaces.base import canonical, check_name, load_json_object
 from gateway.tools.govern import HTTP_SERVER
 
-# Request headers a tool may see; the agent's credential never travels.
-_FORWARD = ("content-type", "accept", "x-request-id")
+# Request headers a tool may see; the agent's credential never travels. The trace
+# context is the gateway's span when tracing is on, else the client's unchanged.
+_FORWARD = ("content-type", "accept", "x-request-id", "traceparent", "tracestate")
 
 
 def query_params(args: dict[str, Any]) -> dict[str, str]:
@@ -42,18 +44,19 @@ class HTTPToolHandler:
             raise NotFound(f"the tool {name} does not exist or is not served by this gateway", code="tool_not_found")
         args = load_json_object(call.body, s.settings.server.max_json_depth) if call.body else {}
         [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
-            ex.agent, ex.principal.auth, surface.NAME, [(HTTP_SERVER, name, s.tools.http_annotations(name))])
+            ex.agent, ex.principal.auth, surface.NAME, [(HTTP_SERVER, name, s.tools.http_annotations(name))],
+            ex.trace)
         refuse_denied(call, code="tool_not_allowed")
-        await reserve(s, call, 0)
+        permit = await reserve(s, call, 0, s.breakers.tool(name))
         out = {k: call.headers[k] for k in _FORWARD if k in call.headers}
         out.setdefault("content-type", "application/json")
         out["x-request-id"] = ex.request_id
         get = tool.method == "GET"
         # What was parsed, re-serialized: duplicate keys go on as the gateway read them.
         payload = b"" if get or not call.body else canonical(args)
-        async with timed(ex):
-            resp = await s.tool_transports[name].send(tool.method, payload, out,
-                                                      params=query_params(args) if get else None)
+        async with timed(ex, "tool") as t:
+            resp = await through(permit, s.tool_transports[name].send(
+                tool.method, payload, t.outbound(out), params=query_params(args) if get else None))
             try:
                 data = await resp.read()
             finally:

@@ -11,7 +11,6 @@ import os
 import threading
 
 import httpx
-import openai
 import pytest
 
 from tests.e2e.test_audit_ops import ENV, MSG, cli, client

@@ -66,7 +66,10 @@ def assert_surface_error(fmt: str, status: int, body: bytes, code: str) -> None:
 
 def test_stalled_clients_do_not_starve_other_agents(make_gateway):
     """More stalled bodies than audit queue slots; another agent is still served."""
-    gw = make_gateway(audit__queue_max=4, audit__on_full="refuse", server__body_timeout_s=60)
+    # on_full=wait: a request that needed a slot a stalled body held would wait past the client's
+    # 10 s timeout; refusing instead would also fail a burst that merely outruns the 50 ms flush.
+    gw = make_gateway(audit__queue_max=4, audit__on_full="wait", audit__full_wait_s=30,
+                      server__body_timeout_s=60)
     stalled = [connect(gw.url) for _ in range(8)]
     try:
         for sock in stalled:

@@ -9,10 +9,11 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, Gateway, gateway_config
+from tests.support.harness import KEYS, PROVIDER_KEYS, REPO, Gateway, free_socket, gateway_config
 from tests.support.redis_process import RedisProcess, delete_prefix, refusing_url
 from tests.support.services import redis_url, unique
 from tests.support.upstream_server import request_id
@@ -120,14 +121,33 @@ def test_losing_redis_gives_503_in_openai_format_audited_then_recovers(make_gate
         server.kill()
 
 
-def test_portcullis_serve_exits_when_redis_is_unreachable_at_startup(tmp_path):
+def test_portcullis_serve_starts_not_ready_when_redis_is_unreachable_at_startup(tmp_path):
+    # Issue 10 (fleet hardening): a replica comes up without Redis, not ready, and reconnects
+    # (tests/e2e/test_degraded_boot.py has the audited 503s and the recovery).
     sock, url = refusing_url("s3cret-pw")
     port = sock.getsockname()[1]
+    listen = free_socket()
+    gw_port = listen.getsockname()[1]
+    listen.close()
     config = gateway_config(tmp_path, "http://127.0.0.1:9", limits__backend="redis", limits__redis_url=url)
     with sock:
-        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-                               "--port", "0"], capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, **PROVIDER_KEYS}, timeout=60)
-    assert proc.returncode != 0  # uvicorn's startup failure: no replica runs without its limiter
-    assert f"connecting the rate limiter on Redis at 127.0.0.1:{port}/0 failed" in proc.stderr
-    assert "s3cret-pw" not in proc.stderr + proc.stdout
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+                                 "--port", str(gw_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO, env={**os.environ, **PROVIDER_KEYS})
+        try:
+            def not_ready() -> Any:
+                if proc.poll() is not None:
+                    raise AssertionError(f"serve exited {proc.returncode}")
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{gw_port}/readyz")
+                except httpx.TransportError:
+                    return None
+                return r if r.status_code == 503 else None
+
+            ready = eventually(not_ready, "serve to answer /readyz", timeout=60)
+            assert f"127.0.0.1:{port}/0" in ready.json()["dependencies"]["redis"]["error"]
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+    assert f"connecting the rate limiter on Redis at 127.0.0.1:{port}/0 failed" in err
+    assert "s3cret-pw" not in err + out + ready.text

@@ -95,16 +95,18 @@ async def test_a_session_posts_after_its_get_stream_is_open(session_for: Callabl
     assert order == ["GET", "GET answered", "POST", "POST"], order  # the call, then its sampling answer
 
 
-@pytest.mark.parametrize("server", [{"get_delay_s": 2.0}], indirect=True)
+@pytest.mark.parametrize("server", [{"get_delay_s": 8.0}], indirect=True)
 async def test_a_get_slow_to_open_holds_the_session_back_only_so_long(session_for: Callable[..., Any],
                                                                       server: ConformanceServer) -> None:
     session = await session_for(connect_timeout_s=0.3)
     stream = asyncio.create_task(hold_stream(session))
     try:
         await get_arrived(server)
-        started = time.monotonic()
         assert (await session.request("ping"))["result"] == {}
-        assert time.monotonic() - started < 1.2  # held for connect_timeout_s, not until the GET opened
+        # Held for connect_timeout_s, not until the GET opened: the ping reached the server and was
+        # answered while the server still held the GET (an order of events, not a timing).
+        answered_before = [what for _, what, _ in server.events]
+        assert "POST" in answered_before and "GET answered" not in answered_before, answered_before
         await eventually_async(lambda: any(what == "GET answered" for _, what, _ in server.events), "the GET open")
     finally:
         stream.cancel()

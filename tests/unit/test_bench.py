@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,32 @@ def test_summary_ratios_and_budget() -> None:
                        "stream_governed_vs_bare": "met", "rss_mb": "met", "governed_vs_litellm": "met",
                        "fleet_vs_bare": "not measured", "governed_vs_bare_cpu": "met",
                        "stream_governed_vs_bare_cpu": "met", "governed_vs_litellm_cpu": "met",
-                       "fleet_vs_bare_cpu": "not measured"}
+                       "fleet_vs_bare_cpu": "not measured", "fleet3_vs_bare3": "not measured",
+                       "fleet3_vs_bare3_cpu": "not measured"}
     json.dumps(s)  # latest.json must serialize
     assert "| governed | chat_c1 |" in report.table(results, s, 32)
+
+
+def test_fleet3_is_compared_with_bare3_and_the_single_fleet_ratio_stays() -> None:
+    results = {
+        "direct": {"status": "ok", "chat_c1": _scen(9000, 0.10), "chat_c32": _scen(60000, 0.5)},
+        "bare": {"status": "ok", "chat_c1": _scen(2000, 0.45), "chat_c32": _scen(4000, 8.0)},
+        "fleet": {"status": "ok", "chat_c1": _scen(1500, 0.6), "chat_c32": _scen(2400, 12.0)},
+        "bare3": {"status": "ok", "chat_c1": _scen(1800, 0.5), "chat_c32": _scen(5000, 6.0),
+                  "stream_c32": _scen(1000, 30.0)},
+        "fleet3": {"status": "ok", "chat_c1": _scen(1400, 0.7), "chat_c32": _scen(3000, 10.0),
+                   "stream_c32": _scen(700, 40.0), "audit_rows": 1234},
+    }
+    s = report.summarize(results, 32)
+    assert s["fleet_vs_bare"] == 0.6
+    assert s["fleet3_vs_bare3"] == 0.6 and s["fleet3_vs_bare3_cpu"] == 0.6
+    assert s["stream_fleet3_vs_bare3"] == 0.7 and s["fleet3_audit_rows"] == 1234
+    verdict = {b["key"]: b["verdict"] for b in s["budget"]}
+    assert verdict["fleet3_vs_bare3"] == "met" and verdict["fleet3_vs_bare3_cpu"] == "met"
+    assert "| fleet3_vs_bare3 | 0.600 |" in report.table(results, s, 32)
+    down = report.summarize({**results, "fleet3": {"status": "unavailable: startup failed: x"}}, 32)
+    assert down["fleet3_status"].startswith("unavailable") and "fleet3_vs_bare3" not in down
+    assert "fleet3: unavailable: startup failed: x" in report.table(results, down, 32)
 
 
 def test_policy_copy_raises_only_the_rate_limits(tmp_path: Path) -> None:
@@ -116,3 +140,12 @@ def test_profile_summary_by_area() -> None:
     assert len(stacks) == 2
     text = profile.summarize(stacks)
     assert "10 samples" in text and "60.0" in text and "aiohttp client" in text
+
+
+def test_cpu_seconds_of_a_group_sums_its_processes() -> None:
+    from bench import procs
+
+    sum(range(200_000))  # some CPU of our own to count
+    one = procs.cpu_seconds(os.getpid())
+    assert one > 0
+    assert procs.cpu_seconds([os.getpid(), os.getpid()]) >= 2 * one  # later, so never less

@@ -46,7 +46,7 @@ def test_quickstart_passes() -> None:
     ("cache", "cache.backend", "redis", "unknown cache backend 'redis' (known: memory)"),
     ("limits", "limits.backend", "memcached", "unknown limits backend 'memcached' (known: memory, redis)"),
     ("audit", "audit.backend", "mysql", "unknown audit backend 'mysql' (known: postgres, sqlite)"),
-    ("policy", "policy.backend", "opa", "unknown policy backend 'opa' (known: regorus)"),
+    ("policy", "policy.backend", "wasm", "unknown policy backend 'wasm' (known: opa, regorus)"),
     ("cache", "cache.backend", "no_such_module:Cache", "could not import 'no_such_module'"),
     ("limits", "limits.backend", "adapters.ratelimit.memory:Nope", "has no attribute 'Nope'"),
 ])

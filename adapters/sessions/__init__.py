@@ -1,0 +1,1 @@
+"""MCP session -> agent binding stores (gateway.protocols.SessionStore): memory and Redis."""
