@@ -3,8 +3,8 @@
 The writer batches rows off the request path (writer.py), so a SIGKILL (the OOM killer,
 kubelet's kill after the grace period, node trouble) would lose every answered request whose
 row was still queued. `<spool_path>.journal` is an append-only file of one-line records, each
-one `os.write` on an O_APPEND fd: in the page cache once written, so it survives the process
-being killed; a host crash only with `audit.journal_fsync` (an fdatasync per record).
+one store into a shared file mapping (mmap): in the page cache once written, so it survives the process
+being killed; a host crash only with `audit.journal_fsync` (an msync of the mapping per record).
 
     B{"request_id", "ts", "api", "client_ip", "trace_id"}   admitted: its queue slot taken
     F{AuditEvent}                                            its row, written before the last body
@@ -31,6 +31,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -89,6 +90,7 @@ class Journal:
         # submitted rows not yet durable, in the writer's queue order (which is chain order)
         self._fifo: collections.deque[tuple[str, bytes]] = collections.deque()
         self._storing: bytes | None = None  # the P of the insert in progress
+        self._mm: mmap.mmap | None = None
 
     @property
     def size(self) -> int:
@@ -170,49 +172,69 @@ class Journal:
     def close(self, *, remove: bool | None = None) -> None:
         """Close the file; remove it when nothing in it is still needed (or when told to)."""
         if self._fd >= 0:
+            self._unmap()
+            os.ftruncate(self._fd, self._size)  # drop the unused zeroed tail
             os.close(self._fd)
             self._fd = -1
         if remove if remove is not None else not (self._fifo or self._open or self._storing):
             self.path.unlink(missing_ok=True)
 
-    def _replace_with(self, data: bytes) -> None:
+    def _replace_with(self, data: bytes, room: int = 0) -> None:
+        """A new file holding `data`, mapped with space for `room` more bytes and then some."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A store that lags keeps much pending: compact again only once as much more is written.
+        limit = max(self._max, 2 * len(data))
+        capacity = -(-(limit + room + (64 << 10)) // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
-            if data and os.write(fd, data) != len(data):
-                raise OSError(f"short write to {tmp}")
+            os.ftruncate(fd, capacity)
+            mm = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm[:len(data)] = data
             if self._fsync:
-                os.fsync(fd)
+                mm.flush()
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
             raise
         if self._fd >= 0:
+            self._unmap()
             os.close(self._fd)
-        self._fd, self._size = fd, len(data)
-        # A store that lags keeps much pending: compact again only once as much more is written.
-        self._limit = max(self._max, 2 * len(data))
+        self._fd, self._mm, self._size, self._limit = fd, mm, len(data), limit
 
-    def _compact(self) -> None:
+    def _unmap(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def _compact(self, room: int = 0) -> None:
         parts = [r for r, _ in self._open.values()] + [r for _, r in self._fifo]
         if self._storing is not None:
             parts.append(self._storing)
         try:
-            self._replace_with(b"".join(parts))
+            self._replace_with(b"".join(parts), room)
         except OSError as e:
             self._broken(e)
 
     def _write(self, rec: bytes) -> bool:
+        # A store into a shared file mapping, not os.write: the page cache keeps it when the
+        # process is killed, and unlike a syscall it does not release the GIL, which the
+        # audit store's thread would take, making the event loop wait (measured: ~150 µs a
+        # request with os.write under load, bench ab no_journal).
+        end = self._size + len(rec)
+        if self._mm is None or end > len(self._mm):
+            self._compact(room=len(rec))
+            if self._mm is None:
+                return False
+            end = self._size + len(rec)
         try:
-            if os.write(self._fd, rec) != len(rec):
-                raise OSError("short write")
+            self._mm[self._size:end] = rec
             if self._fsync:
-                os.fdatasync(self._fd)
-        except OSError as e:
-            self._broken(e)
+                self._mm.flush()
+        except (OSError, ValueError) as e:
+            self._broken(OSError(str(e)))
             return False
-        self._size += len(rec)
+        self._size = end
         return True
 
     def _broken(self, e: OSError) -> None:
@@ -250,7 +272,7 @@ def read(path: Path) -> Replay:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return out
-    lines = data.split(b"\n")
+    lines = data.rstrip(b"\0").split(b"\n")  # a killed writer leaves its mapping's zeroed tail
     if lines and lines[-1]:
         log.warning("audit journal %s: ignoring a record cut short by a kill mid-write", path)
     for line in lines[:-1]:  # the last piece has no newline: empty, or torn
