@@ -35,20 +35,12 @@ from opa_client.opa_async import AsyncOpaClient
 from adapters.policy import lint
 from adapters.policy.reloading import OnReload, notify, watch_policies
 from adapters.policy.bundle import PolicyFiles, build_engine, collect, vocabulary
-from adapters.policy.regorus_engine import CheckVocabulary, smoke_input, to_decision
+from adapters.policy.regorus_engine import CheckVocabulary, json_default, smoke_input, to_decision
 from gateway.errors import PolicyCompileError, PolicyError
 from gateway.settings import PolicySettings
 from gateway.types import Decision, Vocabulary
 
 log = logging.getLogger("portcullis.policy")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 class BoundedOpaClient(AsyncOpaClient):
@@ -184,7 +176,7 @@ class OPAEngine:
         """POST to OPA; the parsed answer of a 200, else PolicyError (and `problem` set)."""
         assert self._client is not None
         try:
-            body = orjson.dumps(payload, default=_json_default)
+            body = orjson.dumps(payload, default=json_default)
         except TypeError as e:
             raise PolicyError(f"policy input is not JSON: {e}") from e
         try:

@@ -68,7 +68,7 @@ def _read(policy_dir: Path) -> PolicyFiles:
     return files
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     # Inputs are built from frozen types, so mappings may not be plain dicts.
     if isinstance(obj, Mapping):
         return dict(obj)
@@ -198,7 +198,7 @@ class RegorusEngine:
 
     def _evaluate(self, active: _Active, policy_input: Mapping[str, Any]) -> Decision:
         try:
-            payload = orjson.dumps(policy_input, default=_json_default).decode()
+            payload = orjson.dumps(policy_input, default=json_default).decode()
         except TypeError as e:
             raise PolicyError(f"policy input is not JSON: {e}") from e
         try:

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import pg
 from tests.support.chart import find, render
 from tests.support.harness import KEYS
 from tests.support.services import pg_dsn, redis_url, unique
+from tests.support.redis_process import delete_prefix
 
 # Labels Prometheus adds from the scrape target, not the gateway.
 TARGET_LABELS = {"namespace", "job", "pod", "instance"}
@@ -111,13 +111,7 @@ def fleet_gateway(make_gateway, loop_thread):
     yield gw
     gw.stop()
     loop_thread.run(pg.drop_table(dsn, table))
-    r = redis.Redis.from_url(url)
-    try:
-        keys = list(r.scan_iter(match=prefix + "*"))
-        if keys:
-            r.delete(*keys)
-    finally:
-        r.close()
+    delete_prefix(url, prefix)
 
 
 def scrape_after_traffic(gw: Any) -> dict[str, set[str] | None]:

@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
-import redis
 
 from tests.support import pg
 from tests.support.chart import (CONFIG_PATH, POLICIES_DIR, bundled_policies, configmap_volume, fleet_values,
@@ -31,6 +30,7 @@ from tests.support.chart import (CONFIG_PATH, POLICIES_DIR, bundled_policies, co
 from tests.support.harness import KEYS
 from tests.support.services import pg_dsn, redis_url, unique
 from tests.support.waiting import eventually
+from tests.support.redis_process import delete_prefix
 from tests.unit.test_dockerfile import exec_form, stages, values
 
 VENV_BIN = Path(sys.executable).parent
@@ -94,13 +94,7 @@ def fleet(request, tmp_path, upstream, loop_thread):
     layout = (GitSyncPolicies if request.param == "git-sync" else ConfigMapPolicies)(rendered, tmp_path / "policies")
     yield rendered, layout, {"PORTCULLIS_REDIS_URL": url, "PORTCULLIS_PG_DSN": dsn}, table
     loop_thread.run(pg.drop_table(dsn, table))
-    r = redis.Redis.from_url(url)
-    try:
-        keys = list(r.scan_iter(match=prefix + "*"))
-        if keys:
-            r.delete(*keys)
-    finally:
-        r.close()
+    delete_prefix(url, prefix)
 
 
 def test_entrypoint_serves_the_rendered_config_and_stops_on_sigterm(fleet, tmp_path, loop_thread) -> None:

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator
 import httpx
 import httpx2
 import pytest
-import redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -25,6 +24,7 @@ from tests.support.lb import RoundRobinLB
 from tests.support.mcp_orders_server import OrdersServer
 from tests.support.mcp_raw import ACCEPT, INITIALIZE
 from tests.support.services import redis_url, unique
+from tests.support.redis_process import delete_prefix
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE}
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
@@ -38,11 +38,7 @@ def bearer(agent: str) -> dict[str, str]:
 def prefix() -> Iterator[str]:
     p = unique("test:mcpfleet:") + ":"
     yield p
-    r = redis.Redis.from_url(redis_url())
-    keys = list(r.scan_iter(match=p + "*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(redis_url(), p)
 
 
 @pytest.fixture

@@ -20,17 +20,14 @@ from gateway.errors import BackendError
 from gateway.protocols import SessionStore
 from gateway.settings import LimitsSettings
 from tests.support.services import redis_url, unique
+from tests.support.redis_process import delete_prefix
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
     p = unique("test:sessions:") + ":"
     yield p
-    r = redis.Redis.from_url(redis_url())
-    keys = list(r.scan_iter(match=p + "*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    delete_prefix(redis_url(), p)
 
 
 def make(kind: str, prefix: str, **kw: Any) -> SessionStore:
