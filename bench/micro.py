@@ -17,28 +17,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from bench import fixtures, fleet, procs, report
-from bench.microparts import audit_event, audit_rows_per_s, policy_docs, rvm_check, variety_docs
+from bench.microparts import per_call_us as _per_call_us, audit_event, audit_rows_per_s, policy_docs, rvm_check, variety_docs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "micro.json"
 
 
 ROUNDS = 5  # timings are the best of ROUNDS rounds: the machine may be shared, noise only adds
-
-
-async def _per_call_us(fn: Callable[[], Awaitable[Any]], n: int) -> float:
-    per_round = max(1, n // ROUNDS)
-    for _ in range(min(per_round, 1000)):  # warm-up
-        await fn()
-    best = float("inf")
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            await fn()
-        best = min(best, (time.perf_counter() - t) / per_round)
-    return best * 1e6
 
 
 def _per_call_sync_us(fn: Callable[[], Any], n: int) -> float:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from bench import fixtures, fleet
-from bench.microparts import policy_docs
+from bench.microparts import per_call_us as _per_call_us, policy_docs
 
 
 class _NoL1:
@@ -46,19 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def _per_call_us(fn: Any, n: int, rounds: int = 5) -> float:
-    per_round = max(1, n // rounds)
-    for _ in range(min(per_round, 200)):
-        await fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            await fn()
-        best = min(best, (time.perf_counter() - t) / per_round)
-    return best * 1e6
 
 
 async def opa_and_l2(n: int, work: Path) -> dict[str, Any]:

@@ -13,24 +13,16 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, Awaitable, Callable
 
 from bench import fixtures, procs
+from bench.microparts import per_call_us
 
 ROUNDS = 5
 
 
 async def _best_us(fn: Callable[[], Awaitable[Any]], n: int) -> float:
-    for _ in range(min(n, 1000)):
-        await fn()
-    best = float("inf")
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        for _ in range(n):
-            await fn()
-        best = min(best, (time.perf_counter() - t) / n)
-    return best * 1e6
+    return await per_call_us(fn, n * ROUNDS, ROUNDS)  # n calls a round
 
 
 async def tracing_costs(n: int, work: Any) -> dict[str, Any]:
