@@ -19,8 +19,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from datetime import UTC
 from typing import Any
-
 
 # name -> what it approximates
 EXPERIMENTS = {
@@ -41,14 +41,18 @@ EXPERIMENTS = {
     "tracing_unsampled": "tracing on with sample_ratio 0: spans made but never recorded or exported",
     "no_journal": "audit.journal off: what journaling each row before its response ends costs (on by default)",
     "journal_fsync": "audit.journal_fsync on: an fdatasync per journal record (rows survive a host crash)",
-    "all": "every change above except null_audit_store, the journal and the tracing ones",
+    "journal_anon": "UPPER BOUND only, not durable: journal records stored into pre-touched anonymous memory "
+                    "instead of the file mapping (what the file's page faults cost)",
+    "no_lifecycle": "lifecycle.enabled false: what the agent lifecycle (issue 11: revocation check, "
+                    "error-budget counting, its SQLite store) costs (on by default)",
+    "all": "every change above except the upper bounds, no_lifecycle, the journal and the tracing ones",
 }
 JOURNAL = {"no_journal": ("journal", False), "journal_fsync": ("journal_fsync", True)}
 TRACING = {"tracing": 1.0, "tracing_unsampled": 0.0}  # experiment -> sample_ratio
 
 
 def _request_id() -> None:
-    import gateway.pipeline as pipeline
+    from gateway import pipeline
 
     prefix = os.urandom(8).hex()
     counter = itertools.count()
@@ -76,13 +80,12 @@ def _metrics_bound(app: Any) -> None:
 
 
 def _audit_row_fast() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    import gateway.audit.chain as chain
-    import gateway.audit.writer as writer
+    from gateway.audit import chain, writer
 
     original = chain.event_to_row
-    utc = timezone.utc
+    utc = UTC
 
     def fast(event: Any) -> dict[str, Any]:
         pi = event.policy_input
@@ -105,14 +108,37 @@ def _audit_row_fast() -> None:
     writer.event_to_row = fast
 
 
+def _journal_anon() -> None:
+    import mmap
+
+    from gateway.audit import journal
+
+    def replace_with(self: Any, data: bytes, room: int = 0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        limit = max(self._max, 2 * len(data))
+        capacity = -(-(limit + room + (64 << 10)) // mmap.PAGESIZE) * mmap.PAGESIZE
+        mm = mmap.mmap(-1, capacity)
+        mm.write(bytes(capacity))  # every page touched now, not on the request path
+        mm[:len(data)] = data
+        if self._fd >= 0:
+            self._unmap()
+            os.close(self._fd)
+        self._fd, self._mm, self._size, self._limit = fd, mm, len(data), limit
+
+    journal.Journal._replace_with = replace_with
+
+
 def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     """Patches that must happen before create_app; returns uvicorn option overrides."""
     if "all" in names:
-        names |= set(EXPERIMENTS) - {"all", "null_audit_store", *TRACING, *JOURNAL}
+        names |= set(EXPERIMENTS) - {"all", "null_audit_store", "journal_anon", "no_lifecycle", *TRACING, *JOURNAL}
     if "request_id" in names:
         _request_id()
     if "audit_row_fast" in names:
         _audit_row_fast()
+    if "journal_anon" in names:
+        _journal_anon()
     if "dict_cache" in names:
         settings_doc["cache"] = {"backend": "bench.standins:DictDecisionCache"}
     if "null_audit_store" in names:
@@ -123,6 +149,8 @@ def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     for name in names & set(TRACING):  # the driver starts the sink and names it in the environment
         settings_doc["tracing"] = {"enabled": True, "sample_ratio": TRACING[name],
                                    "endpoint": os.environ["BENCH_OTLP_ENDPOINT"]}
+    if "no_lifecycle" in names:
+        settings_doc["lifecycle"] = {"enabled": False}
     if "no_hot_reload" in names:
         settings_doc.setdefault("policy", {})["hot_reload"] = False
         settings_doc.setdefault("identity", {})["hot_reload"] = False

@@ -5,12 +5,15 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.routing import Route, Router
 
 from gateway import registry
+from gateway.admin.listener import AdminListener, admin_listener
+from gateway.agents_file import load_agents
 from gateway.agents_reload import AgentsReloader
 from gateway.audit.writer import AuditWriter
 from gateway.bodyread import BodyReader
@@ -19,19 +22,21 @@ from gateway.directory import AgentDirectory
 from gateway.drain import Drain
 from gateway.endpoints import ModelsHandler, OpsEndpoints, not_found, surface_for
 from gateway.exchange import Governed, refuse_websocket
+from gateway.lifecycle.overlay import Overlay
+from gateway.lifecycle.runtime import Lifecycle
 from gateway.mcp.client import ToolLister
 from gateway.mcp.routes import mcp_routes
 from gateway.metrics import Metrics
 from gateway.pipeline import LLMHandler
-from gateway.services import Services
 from gateway.readiness import Check, Readiness, Reconnector, dependency_checks
 from gateway.routing import ModelRouter
-from gateway.agents_file import load_agents
+from gateway.services import RequestIds, Services
 from gateway.settings import ConfigError, Settings
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
-from gateway.surfaces import anthropic, openai, tools as tools_surface
+from gateway.surfaces import anthropic, openai
+from gateway.surfaces import tools as tools_surface
 from gateway.tools.catalog import ToolCatalog
 from gateway.tools.govern import ToolGovernor
 from gateway.tools.http_endpoint import HTTPToolHandler
@@ -47,10 +52,21 @@ def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[S
     metrics = Metrics()
     agents_file = settings.path(settings.identity.agents_file)
     directory = AgentDirectory.from_file(load_agents(agents_file))
+    lifecycle: Lifecycle | None = None  # built below; the system hooks reach it once it is
+
+    def emit(event_type: str, severity: str, details: dict[str, Any]) -> None:
+        if lifecycle is not None:
+            lifecycle.events.emit(event_type, severity, details=details)
+
+    def on_policy_reload(revision: str | None, error: Exception | None) -> None:
+        metrics.on_policy_reload(revision, error)
+        if error is not None:
+            emit("policy.reload_rejected", "HIGH", {"error": str(error)[:2000]})
+
     # The tiers and maturities are the loaded policy's: a set that drops one an agent has is
     # refused (at start too), and so are an agents file and JWT claims that step outside them.
     engine = registry.load("policy", settings.policy.backend)(
-        settings.policy, settings.path(settings.policy.dir), on_reload=metrics.on_policy_reload,
+        settings.policy, settings.path(settings.policy.dir), on_reload=on_policy_reload,
         check_vocabulary=directory.vocabulary_problems)
     sources: list[Any] = [registry.load("identity", "api_key")(directory)]
     if settings.identity.jwt is not None:
@@ -61,20 +77,29 @@ def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[S
         cache = registry.load("cache_l2", "redis")(settings.cache.l2, cache)
     limiter = registry.load("limits", settings.limits.backend)(settings.limits)
     store = registry.load("audit", settings.audit.backend)(settings.audit, settings.path(settings.audit.path))
-    writer = AuditWriter(store, settings.audit, settings.path(settings.audit.spool_path), metrics)
+    writer = AuditWriter(store, settings.audit, settings.path(settings.audit.spool_path), metrics,
+                         on_spool=lambda d: emit("audit.spooling", "HIGH", d))
     metrics.watch_spool(settings.path(settings.audit.spool_path))
+    request_ids = RequestIds()
+    overlay = Overlay(lambda: engine.vocabulary)  # revocations and overrides, seen by identity
+    lifecycle_backends: list[Any] = []
+    if settings.lifecycle.enabled:
+        lifecycle_backends = build_lifecycle(settings, overlay, engine, directory, writer, store, request_ids)
+        lifecycle = lifecycle_backends[-1]
     upstreams = {name: registry.load("upstream", u.provider)(name, u) for name, u in settings.upstreams.items()}
     tools = settings.tools
     transports = {**{n: registry.load("tools", t.kind)(n, t) for n, t in tools.servers.items()},
                   **{n: registry.load("tools", "http")(n, t) for n, t in tools.http.items()}}
     sessions = registry.load("sessions", tools.session_store)(settings.limits)  # MCP session -> agent
     # No decision while the audit chain cannot continue (store not reached since start): 503.
-    policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open", gate=writer.unready)
+    policy = PolicyStage(engine, cache, metrics, fail_open=settings.policy.fail == "open", gate=writer.unready,
+                         bypassed=lifecycle.switches.bypass_reason if lifecycle is not None else None,
+                         on_fail_open=lambda d: emit("policy.fail_open", "CRITICAL", d))
     catalog = ToolCatalog({n: t.annotations_ttl_s for n, t in tools.servers.items()})
     breakers = breakers_for(settings, metrics, clock)
     # The gateway's own tools/list calls pass the server's breaker too: none while it is open.
     lister = ToolLister({n: GuardedTransport(t, breakers.tool(n)) for n, t in transports.items()}, catalog)
-    identity = IdentityResolver(sources, directory, settings.identity.anonymous_agent)
+    identity = IdentityResolver(sources, directory, settings.identity.anonymous_agent, overlay)
 
     def check_agents(candidate: AgentDirectory) -> None:
         identity.check_directory(candidate)
@@ -95,21 +120,39 @@ def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[S
         audit=writer,
         metrics=metrics,
         bodies=BodyReader(settings.server.max_body_bytes, settings.server.body_timeout_s),
-        tools=ToolGovernor(tools, policy, catalog, lister.fetch),
+        tools=ToolGovernor(tools, policy, catalog, lister.fetch, approvals=lifecycle is not None),
         tool_transports=transports,
         breakers=breakers,
         tracer=tracer,
         sessions=sessions,
+        request_ids=request_ids,
+        lifecycle=lifecycle,
     )
-    # Start order: audit first (so every request can be recorded), upstreams last.
-    backends = [store, writer, services.bodies, engine, cache, limiter, sessions, agents, *sources,
-                *upstreams.values(), *transports.values()]
+    # Start order: audit first (so every request can be recorded), the lifecycle after the
+    # policy engine (its rules), upstreams last; the admin listener once everything serves.
+    backends = [store, writer, services.bodies, engine, *lifecycle_backends, cache, limiter, sessions, agents,
+                *sources, *upstreams.values(), *transports.values()]
+    if (admin := admin_listener(settings, services)) is not None:
+        backends.append(admin)
     if tracer is not None:  # closed last: a slow collector must not delay the audit flush
         backends.insert(0, tracer)
     return services, backends, (store, engine)
 
 
-def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> "GatewayApp":
+def build_lifecycle(settings: Settings, overlay: Overlay, engine: Any, directory: AgentDirectory,
+                    writer: AuditWriter, audit_store: Any, request_ids: RequestIds) -> list[Any]:
+    """The lifecycle store, its bus and the runtime over them, in start order (contract 6)."""
+    lc = settings.lifecycle
+    store_cls = registry.load("lifecycle_store", lc.store)
+    # The embedded store lives in a file beside the audit database; the others take the settings.
+    lstore = store_cls(lc, settings.path(lc.path)) if lc.store == "sqlite" else store_cls(lc)
+    bus = registry.load("lifecycle_bus", lc.bus)(lc)
+    runtime = Lifecycle(lc, lstore, bus, overlay, engine=engine, directory=lambda: directory,
+                        record=writer.record, audit_store=audit_store, request_ids=request_ids)
+    return [lstore, bus, runtime]
+
+
+def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> GatewayApp:
     services, backends, (store, engine) = build_services(settings, clock)
     drain = Drain(settings.server.drain_timeout_s)  # set by `portcullis serve` on SIGTERM
 
@@ -178,6 +221,8 @@ def create_app(settings: Settings, *, clock: Clock = time.monotonic) -> "Gateway
     router = Router(routes=routes, lifespan=lifespan, default=unknown, redirect_slashes=False)
     app = GatewayApp(exact, router, services)
     app.state.drain = drain
+    # The admin API's listener (None when off); its `port` is the bound one once the lifespan started it.
+    app.state.admin = next((b for b in backends if isinstance(b, AdminListener)), None)
     return app
 
 

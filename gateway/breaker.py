@@ -25,7 +25,8 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from pydantic import Field
 
@@ -62,20 +63,20 @@ def effective(default: BreakerSettings, override: BreakerSettings | None) -> Bre
 
 class _Window:
     """Requests and failures over the last `span` seconds, in _BUCKETS buckets."""
-    __slots__ = ("_width", "_buckets", "total", "failed")
+    __slots__ = ("_buckets", "_last", "_width", "failed", "total")
 
     def __init__(self, span: float) -> None:
         self._width = span / _BUCKETS
         self._buckets: deque[list[int]] = deque()
+        self._last: list[int] = [-1, 0, 0]  # the newest bucket (a placeholder while empty)
         self.total = self.failed = 0
 
     def add(self, now: float, failed: bool) -> None:
         idx = int(now // self._width)
-        self.expire(now)
-        if self._buckets and self._buckets[-1][0] == idx:
-            b = self._buckets[-1]
-        else:
-            b = [idx, 0, 0]
+        b = self._last
+        if b[0] != idx:  # a new bucket: only then can older ones have expired (the hot path skips both)
+            self.expire(now)
+            b = self._last = [idx, 0, 0]
             self._buckets.append(b)
         b[1] += 1
         b[2] += failed
@@ -91,6 +92,7 @@ class _Window:
 
     def clear(self) -> None:
         self._buckets.clear()
+        self._last = [-1, 0, 0]
         self.total = self.failed = 0
 
 
@@ -101,9 +103,9 @@ class Permit:
     permit from an earlier state (a call admitted before the breaker opened) counts
     for nothing: only probes decide a half-open breaker.
     """
-    __slots__ = ("_breaker", "_gen", "probe", "_done")
+    __slots__ = ("_breaker", "_done", "_gen", "probe")
 
-    def __init__(self, breaker: "Breaker | None", gen: int = 0, probe: bool = False) -> None:
+    def __init__(self, breaker: Breaker | None, gen: int = 0, probe: bool = False) -> None:
         self._breaker = breaker
         self._gen = gen
         self.probe = probe
@@ -240,7 +242,7 @@ class Breakers:
     @classmethod
     def build(cls, default: BreakerSettings, upstreams: Mapping[str, BreakerSettings | None],
               tools: Mapping[str, tuple[str, BreakerSettings | None]], *, clock: Clock = time.monotonic,
-              on_transition: OnTransition | None = None) -> "Breakers":
+              on_transition: OnTransition | None = None) -> Breakers:
         """`upstreams`: name -> override; `tools`: name -> (kind, override)."""
         made = [Breaker("upstream", n, effective(default, o), clock=clock, on_transition=on_transition)
                 for n, o in upstreams.items()]

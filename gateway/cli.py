@@ -1,4 +1,5 @@
-"""`portcullis serve | check-config | policy test|check | audit tail | audit verify | keys new | demo mcp-server`."""
+"""`portcullis serve | check-config | policy test|check | audit tail | audit verify | keys new | demo mcp-server`,
+and the operator commands `agents | approvals | proposals | events | bypass | report | admin-token` (gateway/admin/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,8 @@ import asyncio
 import gc
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gateway import registry
 from gateway.settings import ConfigError, Settings, check, load_settings
@@ -84,7 +85,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return code
 
 
-def _audit_store(args: argparse.Namespace):  # noqa: ANN202 - adapter type is dynamic
+def _audit_store(args: argparse.Namespace):  # -> the configured AuditStore (loaded by name)
     settings = _settings(args.config)
     cls = registry.load("audit", settings.audit.backend)
     return cls(settings.audit, settings.path(settings.audit.path))
@@ -209,6 +210,10 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--host", default="127.0.0.1")
     dm.add_argument("--port", type=int, default=9300)
     dm.set_defaults(func=cmd_demo_mcp_server)
+
+    # The operator commands (contract 7), kept in gateway/admin/cli.py; the token's env default is read here.
+    from gateway.admin.cli import add_commands
+    add_commands(sub, default_config=default_config, default_token=os.environ.get("PORTCULLIS_ADMIN_TOKEN"))
     return p
 
 

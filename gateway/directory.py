@@ -53,6 +53,10 @@ class AgentDirectory:
     def agent(self, agent_id: str) -> Agent | None:
         return self._entries.agents.get(agent_id)
 
+    def agent_ids(self) -> list[str]:
+        """Every agent id in the file (the lifecycle's agent listing)."""
+        return list(self._entries.agents)
+
     def default_agent(self, workspace: str) -> Agent | None:
         entries = self._entries
         agent_id = entries.defaults.get(workspace)

@@ -13,6 +13,7 @@ from gateway.exchange import Call
 from gateway.http import send_bytes
 from gateway.routing import Listed
 from gateway.services import Services
+from gateway.stages.admission import allowed_outcome
 from gateway.stages.policy import policy_input
 from gateway.surfaces import anthropic, openai
 from gateway.surfaces.base import Surface
@@ -61,7 +62,7 @@ class ModelsHandler:
         if wanted is not None and not visible:  # hidden by policy (deny), or not in the catalog
             raise NotFound(f"the model {wanted} does not exist or you do not have access to it",
                            code="model_not_found", param="model", outcome="deny" if catalog else "error")
-        ex.outcome = "allow"
+        ex.outcome = allowed_outcome(ex.decision)  # `bypass` while policy is bypassed
         body = self._render(surface, visible, single=wanted is not None)
         ex.status = 200
         await send_bytes(call.send, 200, body, call.response_headers())

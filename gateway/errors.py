@@ -42,9 +42,28 @@ class PermissionDenied(GatewayError):
     status, kind, code, outcome = 403, "permission", "policy_denied", "deny"
 
 
+class ApprovalRequired(GatewayError):
+    """The policy wants a human to approve this request first; `approval_id` names the request
+    to approve, and the agent retries with `X-Portcullis-Approval: <id>`."""
+    status, kind, code, outcome = 403, "permission", "approval_required", "deny"
+
+    def __init__(self, message: str, approval_id: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.approval_id = approval_id
+
+
 class Forbidden(GatewayError):
     """A 403 that is not a policy decision: a credential used outside its reach."""
     status, kind, code = 403, "permission", "forbidden"
+
+
+class AgentRevoked(Forbidden):
+    """The agent is revoked (its lifecycle state, or agents.yaml): refused before policy evaluation.
+
+    `who` is the (agent, principal) the credential resolved to, so the refusal's audit row
+    still names the agent (set by the identity stage)."""
+    code, outcome = "agent_revoked", "deny"
+    who: tuple[Any, Any] | None = None
 
 
 class NotFound(GatewayError):

@@ -19,11 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from gateway.context import Exchange
-from gateway.errors import GatewayError, HeadersTooLarge, MethodNotAllowed, RateLimited, Unavailable
+from gateway.errors import (
+    AgentRevoked,
+    GatewayError,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    RateLimited,
+    Unavailable,
+)
 from gateway.http import ClientGone, header, headers_dict, send_bytes
 from gateway.services import Services
 from gateway.surfaces.base import Surface
@@ -99,7 +107,7 @@ class Governed:
             if self.methods is not None and scope["method"] not in self.methods:
                 raise MethodNotAllowed(scope["method"], scope["path"][:200], self.methods)
             call.body = await s.bodies.read(receive, header(scope, b"content-length"))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the request still gets its row
             if ex.trace_id is None:
                 ex.trace_id = client_trace_id(header(scope, b"traceparent"))
             try:  # its row's slot, from the reserve if agents fill the queue
@@ -136,11 +144,13 @@ class Governed:
                 else:
                     with ex.trace.child("identity"):
                         ex.agent, ex.principal = await s.identity.resolve(call.headers)
-            except GatewayError:
+            except GatewayError as e:
+                if isinstance(e, AgentRevoked) and e.who is not None:
+                    ex.agent, ex.principal = e.who  # a revoked agent's refusal is its row
                 if self.identity_required:
                     raise  # else: who asked is worth recording, but e.g. a 404 must not become a 401
             await self.handler(call)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the request still gets its row
             await self._fail(call, e)
         except asyncio.CancelledError as e:  # cut (the SIGTERM drain deadline): still one row, saying so
             ex.error = ex.error or (str(e) or "request cancelled before it finished")
@@ -192,15 +202,19 @@ async def refuse_websocket(s: Services, scope: dict[str, Any], receive: Any, sen
 
 def journaled(s: Services, ex: Exchange, send: Any) -> Any:
     """`send`, but the row goes to the audit journal before the response's last body chunk:
-    a replica killed once a client has its whole answer still has the row (gateway/audit/journal.py)."""
+    a replica killed once a client has its whole answer still has the row (gateway/audit/journal.py).
+
+    A plain function returning `send`'s awaitable, not a coroutine around it: no extra frame
+    per chunk. The row is sealed on the exchange, so finish() need not build it again.
+    """
     journal = s.audit.journal
     if not journal.enabled:
         return send
 
-    async def send_journaled(message: dict[str, Any]) -> None:
+    def send_journaled(message: dict[str, Any]) -> Any:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            journal.finished(ex.audit_event())
-        await send(message)
+            journal.finished(ex.seal())
+        return send(message)
     return send_journaled
 
 
@@ -215,8 +229,8 @@ def check_headers(headers: Headers, max_bytes: int, max_count: int) -> None:
 
 async def send_error(call: Call, err: GatewayError) -> None:
     ex = call.ex
-    if ex.error is None and ex.outcome != "deny":
-        ex.error = err.message
+    if ex.error is None and (ex.outcome != "deny" or ex.decision is None):
+        ex.error = err.message  # a denial the policy made is explained by its reasons
     status, body = call.surface.error_response(err, call)
     ex.status = status  # what the client got; the decision column says why
     hdrs = call.response_headers()
@@ -234,12 +248,14 @@ async def finish(s: Services, surface: str, ex: Exchange) -> None:
         except Exception:
             log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
     if ex.trace is None:
-        s.audit.submit(ex.audit_event())
+        s.audit.submit(ex.final_event())
     else:
         with ex.trace.child("audit.enqueue"):
-            s.audit.submit(ex.audit_event())
+            s.audit.submit(ex.final_event())
         end_request(ex)
     observe(s, surface, ex)
+    if s.lifecycle is not None:  # the error budget: classified here, counted off the request path
+        s.lifecycle.observe(ex)
 
 
 def observe(s: Services, surface: str, ex: Exchange) -> None:

@@ -1,13 +1,87 @@
 """Prometheus metrics, on a registry owned by one app instance (no globals)."""
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 _FAST = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _Hist:
+    """A histogram's buckets as plain counts (observed on the event loop only)."""
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket with le >= seconds
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            total += n
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+class _PerRequest:
+    """The series every request updates, as plain counts turned into metric families at scrape time.
+
+    prometheus_client validates and takes a lock on every inc()/observe(): ~3.8 µs a request for
+    these four series against ~0.7 µs here. Only the event loop updates them; a scrape reads a copy.
+    Exposed exactly as the Counter/Histogram they replace (names, labels, HELP; no `_created`
+    for the histograms).
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.agents: dict[tuple[str, str], int] = {}
+        self.created: dict[tuple[Any, ...], float] = {}  # the counters' `_created`
+        self.upstream: dict[str, _Hist] = {}
+        self.overhead = _Hist(_FAST)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, empty: bool) -> Iterator[Metric]:
+        req = CounterMetricFamily("portcullis_requests", "Requests by surface, decision and status",
+                                  labels=["surface", "decision", "status"])
+        agent = CounterMetricFamily("portcullis_agent_requests", "Requests by agent and decision",
+                                    labels=["agent", "decision"])
+        up = HistogramMetricFamily("portcullis_upstream_seconds", "Upstream latency", labels=["upstream"])
+        over = HistogramMetricFamily("portcullis_overhead_seconds", "Gateway overhead (total minus upstream)")
+        if not empty:
+            created = self.created
+            for (surface, decision, status), n in list(self.requests.items()):
+                req.add_metric([surface, decision, str(status)], n, created.get((surface, decision, status)))
+            for (name, decision), n in list(self.agents.items()):
+                agent.add_metric([name, decision], n, created.get((name, decision)))
+            for name, h in list(self.upstream.items()):
+                up.add_metric([name], h.buckets(), h.sum)
+            over.add_metric([], self.overhead.buckets(), self.overhead.sum)
+        return iter((req, up, over, agent))
 
 
 class Metrics:
@@ -15,8 +89,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("portcullis_requests", "Requests by surface, decision and status",
-                                ["surface", "decision", "status"], registry=r)
+        self._hot = _PerRequest()  # portcullis_requests, _agent_requests, _upstream_seconds, _overhead_seconds
+        r.register(self._hot)  # type: ignore[arg-type]
+        self.overhead = self._hot.overhead
         self.cache = Counter("portcullis_decision_cache", "Decision cache lookups", ["result"], registry=r)
         self.policy_eval = Histogram("portcullis_policy_eval_seconds", "Policy evaluation latency (cache misses)",
                                      buckets=_FAST, registry=r)
@@ -25,14 +100,7 @@ class Metrics:
                                       registry=r)
         self.policy_errors = Counter("portcullis_policy_errors", "Policy evaluation failures", registry=r)
         self.revision = Info("portcullis_policy", "Active policy revision", registry=r)
-        self.upstream = Histogram("portcullis_upstream_seconds", "Upstream latency", ["upstream"],
-                                  buckets=_SLOW, registry=r)
-        self.overhead = Histogram("portcullis_overhead_seconds", "Gateway overhead (total minus upstream)",
-                                  buckets=_FAST, registry=r)
         self.rate_limited = Counter("portcullis_rate_limited", "Requests refused by limits", ["reason"], registry=r)
-        # One series per agent and decision: as many as the agents file (and JWT subjects) has agents.
-        self.agent_requests = Counter("portcullis_agent_requests", "Requests by agent and decision",
-                                      ["agent", "decision"], registry=r)
         self.audit_depth = Gauge("portcullis_audit_queue_depth", "Audit rows waiting to be written", registry=r)
         # Bytes of rows held in the local spool while the store is unreachable; read at scrape time.
         self.audit_spool = Gauge("portcullis_audit_spool_bytes", "Audit rows spooled locally, waiting for the store",
@@ -51,25 +119,25 @@ class Metrics:
                                    ["target", "kind"], registry=r)
         self.breaker_transitions = Counter("portcullis_breaker_transitions", "Circuit breaker transitions",
                                            ["target", "kind", "to"], registry=r)
-        self._children: dict[tuple, object] = {}
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
 
     def count_request(self, surface: str, decision: str, status: int) -> None:
-        # prometheus_client's labels() validates and locks on every call; the children
-        # are few (surfaces x decisions x statuses), so each is looked up once.
-        key = (surface, decision, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.requests.labels(surface, decision, str(status))
-        child.inc()  # type: ignore[attr-defined]
+        counts, key = self._hot.requests, (surface, decision, status)
+        n = counts.get(key)
+        if n is None:
+            self._hot.created[key] = time.time()
+            n = 0
+        counts[key] = n + 1
 
     def count_agent(self, agent: str, decision: str) -> None:
-        key = ("agent", agent, decision)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.agent_requests.labels(agent, decision)
-        child.inc()  # type: ignore[attr-defined]
+        # One series per agent and decision: as many as the agents file (and JWT subjects) has agents.
+        counts, key = self._hot.agents, (agent, decision)
+        n = counts.get(key)
+        if n is None:
+            self._hot.created[key] = time.time()
+            n = 0
+        counts[key] = n + 1
 
     def watch_spool(self, path: Any) -> None:
         """Report the spool file's size at each scrape (0 when there is none)."""
@@ -81,11 +149,10 @@ class Metrics:
         self.audit_spool.set_function(size)
 
     def observe_upstream(self, upstream: str, seconds: float) -> None:
-        key = ("upstream", upstream)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.upstream.labels(upstream)
-        child.observe(seconds)  # type: ignore[attr-defined]
+        h = self._hot.upstream.get(upstream)
+        if h is None:
+            h = self._hot.upstream[upstream] = _Hist(_SLOW)
+        h.observe(seconds)
 
     # AuditMetrics protocol (gateway.audit.writer)
     def set_depth(self, n: int) -> None:

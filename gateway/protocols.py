@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping, Protocol, Sequence, runtime_checkable
 
+from gateway.lifecycle.model import LifecycleRules
 from gateway.types import Decision, Limits, LimitResult, Principal, Reservation, Vocabulary
 
 
@@ -32,6 +33,8 @@ class PolicyEngine(Protocol):
     def revision(self) -> str: ...
     @property
     def vocabulary(self) -> Vocabulary: ...  # the tiers and maturities of the loaded set
+    @property
+    def lifecycle(self) -> LifecycleRules: ...  # the loaded set's lifecycle thresholds (contract 6)
 
     async def start(self) -> None: ...
     def evaluate(self, policy_input: Mapping[str, Any]) -> Decision: ...
@@ -129,4 +132,76 @@ class SessionStore(Protocol):
     async def bind(self, server: str, session_id: str, agent_id: str) -> None: ...
     async def owner(self, server: str, session_id: str) -> str | None: ...  # refreshes the binding's TTL
     async def end(self, server: str, session_id: str) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class LifecycleStore(Protocol):
+    """The agent state store (DESIGN contract 6): SQLite embedded, PostgreSQL in a fleet.
+
+    The source of truth for overlays, counters, proposals, approvals, governance events,
+    reports and runtime flags. Every method is one atomic step in the store, so N replicas
+    counting into one PostgreSQL count exactly. Raises BackendError when it cannot answer.
+    Types are gateway.lifecycle.model's.
+    """
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    # -- agent state --------------------------------------------------------------
+    async def states(self) -> dict[str, Any]: ...  # agent id -> AgentState, every stored overlay
+    async def state(self, agent_id: str) -> Any | None: ...  # AgentState
+    # Count one Outcome: opens a new window when `window_s` has passed since window_start;
+    # compliant: consecutive_compliant + 1; error: total_errors + 1, same_errors[signature] + 1,
+    # consecutive_compliant = 0; violation: as error, and violations + 1. Returns the new state.
+    async def count(self, outcome: Any, window_s: float) -> Any: ...
+    # Apply a change's `new` fields (revoked, revoked_reason, tier, maturity, budget_warned, and
+    # for reinstate/reset the counters) and append it to the change history, atomically.
+    async def apply(self, change: Any) -> Any: ...  # -> AgentState
+    async def changes(self, agent_id: str | None = None, since: float = 0.0,
+                      limit: int = 1000) -> list[Any]: ...  # LifecycleChange, newest first
+
+    # -- proposals -----------------------------------------------------------------
+    async def add_proposal(self, proposal: Any) -> bool: ...  # False: one is pending for the agent
+    async def proposals(self, status: str | None = None, agent_id: str | None = None) -> list[Any]: ...
+    async def proposal(self, proposal_id: str) -> Any | None: ...
+    # pending -> approved | rejected | auto_approved; None when not pending (or unknown)
+    async def decide_proposal(self, proposal_id: str, status: str, by: str, reason: str,
+                              at: float) -> Any | None: ...
+
+    # -- approvals -----------------------------------------------------------------
+    async def add_approval(self, approval: Any) -> None: ...
+    async def approval(self, approval_id: str) -> Any | None: ...
+    async def approvals(self, status: str | None = None, agent_id: str | None = None) -> list[Any]: ...
+    # pending -> approved | rejected; None when not pending, unknown or expired
+    async def decide_approval(self, approval_id: str, status: str, by: str, at: float) -> Any | None: ...
+    # approved -> used, only for the same agent and input digest before expires_at: single use,
+    # atomic across replicas. None when any of that does not hold.
+    async def use_approval(self, approval_id: str, agent_id: str, input_digest: str, at: float,
+                           request_id: str) -> Any | None: ...
+
+    # -- governance events, reports, flags -------------------------------------------
+    async def add_events(self, events: Sequence[Any]) -> None: ...
+    async def events(self, since: float = 0.0, until: float | None = None, agent_id: str | None = None,
+                     workspace: str | None = None, min_severity: str | None = None,
+                     limit: int = 1000) -> list[Any]: ...  # GovernanceEvent, oldest first
+    async def add_report(self, report: Any) -> None: ...
+    async def reports(self, limit: int = 20) -> list[Any]: ...  # StoredReport, newest first
+    async def report(self, report_id: str) -> Any | None: ...
+    async def flags(self) -> dict[str, Any]: ...  # runtime switches (the emergency bypass, per-surface governance)
+    async def set_flag(self, name: str, value: Any) -> None: ...
+
+
+@runtime_checkable
+class LifecycleBus(Protocol):
+    """Pushes "agent X changed" to every replica (Redis pub/sub in a fleet; in-process alone).
+
+    Messages are small JSON objects ({"agent_id", "version"} or {"flags": true}); the store
+    stays the source of truth: a subscriber re-reads it, and `on_reconnect` makes it reload
+    everything after a gap, so a missed message cannot leave an agent unrevoked.
+    """
+
+    async def start(self) -> None: ...
+    async def publish(self, message: Mapping[str, Any]) -> None: ...
+    def subscribe(self, on_message: Any, on_reconnect: Any) -> None: ...  # (dict) -> Awaitable; () -> Awaitable
     async def aclose(self) -> None: ...

@@ -42,6 +42,14 @@ BACKENDS: dict[str, dict[str, str]] = {
     "tracing": {
         "otel": "adapters.tracing.otel:OTelTracer",  # imported only when tracing.enabled
     },
+    "lifecycle_store": {  # agent state, proposals, approvals, governance events (lifecycle.store)
+        "sqlite": "adapters.lifecycle.sqlite:SQLiteLifecycleStore",
+        "postgres": "adapters.lifecycle.postgres:PostgresLifecycleStore",
+    },
+    "lifecycle_bus": {  # revocations pushed to every replica (lifecycle.bus)
+        "memory": "adapters.lifecycle.bus_memory:MemoryLifecycleBus",
+        "redis": "adapters.lifecycle.bus_redis:RedisLifecycleBus",
+    },
     "sessions": {  # MCP session -> agent bindings (tools.session_store)
         "memory": "adapters.sessions.memory:MemorySessionStore",
         "redis": "adapters.sessions.redis:RedisSessionStore",

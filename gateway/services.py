@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from gateway.audit.writer import AuditWriter
 from gateway.bodyread import BodyReader
@@ -48,3 +48,4 @@ class Services:
     sessions: SessionStore | None = None  # MCP session -> agent bindings (tools.session_store)
     request_ids: Callable[[], str] = field(default_factory=lambda: RequestIds())
     tracer: Tracer | None = None  # None when tracing is off (the default)
+    lifecycle: Any = None  # gateway.lifecycle.runtime.Lifecycle; None when lifecycle.enabled is false

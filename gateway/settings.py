@@ -18,6 +18,7 @@ from gateway.configbase import ConfigError, Model, checked, problems_of, read_ya
 from gateway.mcp import origin
 from gateway.readiness import ReadinessSettings
 from gateway.settings_audit import AuditSettings
+from gateway.settings_lifecycle import AdminSettings, LifecycleSettings
 from gateway.settings_opa import L2CacheSettings, OPASettings, resolve_l2
 from gateway.tracing import TracingSettings
 
@@ -245,6 +246,8 @@ class Settings(Model):
     breaker: BreakerSettings = BreakerSettings()  # per upstream and tool server (gateway/breaker.py)
     readiness: ReadinessSettings = ReadinessSettings()  # /readyz probes, reconnecting at boot
     tracing: TracingSettings = TracingSettings()  # OpenTelemetry, off by default (gateway/tracing.py)
+    lifecycle: LifecycleSettings = LifecycleSettings()  # agent state, budgets, approvals, events (contract 6)
+    admin: AdminSettings = AdminSettings()  # the operators' API on its own listener (contract 7)
     base_dir: str = Field(".", exclude=True)  # directory of the config file; relative paths hang off it
 
     @field_validator("routes")
@@ -300,11 +303,15 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     problems += l2_problems
     limits = _env_secret(settings.limits, "redis_url", "limits", environ, problems)
     audit = _env_secret(settings.audit, "dsn", "audit", environ, problems)
+    lifecycle = _env_secret(settings.lifecycle, "dsn", "lifecycle", environ, problems)
+    lifecycle = _env_secret(lifecycle, "redis_url", "lifecycle", environ, problems)
+    lifecycle = lifecycle.model_copy(update={"webhooks": [
+        _env_secret(w, "url", f"lifecycle.webhooks.{i}", environ, problems) for i, w in enumerate(lifecycle.webhooks)]})
     if problems:
         raise ConfigError(problems)
     identity = settings.identity.model_copy(update={"jwt": jwt})
     return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools,
-                                       "limits": limits, "audit": audit,
+                                       "limits": limits, "audit": audit, "lifecycle": lifecycle,
                                        "cache": settings.cache.model_copy(update={"l2": l2})})
 
 

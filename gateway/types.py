@@ -74,6 +74,11 @@ class Decision:
     cache_ttl_s: int = 60
     revision: str = ""
     cache_hit: bool = False
+    # Contract 6: what the policy says this request means for the agent's error budget
+    # ({"kind", "severity"}: a procedure violation) and whether a human must approve it
+    # ({"required": true, "reason"}); None when the decision carries neither.
+    violation: Mapping[str, Any] | None = None
+    approval: Mapping[str, Any] | None = None
 
     @property
     def max_output_tokens(self) -> int | None:

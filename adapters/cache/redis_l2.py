@@ -50,19 +50,28 @@ class DecisionSerializer(BaseSerializer):
 
     def dumps(self, value: tuple[Decision, float]) -> bytes:
         d, expires = value
-        return orjson.dumps({"allow": d.allow, "reasons": d.reasons, "obligations": d.obligations,
-                             "cache_ttl_s": d.cache_ttl_s, "revision": d.revision, "exp": expires},
-                            default=_default)
+        doc = {"allow": d.allow, "reasons": d.reasons, "obligations": d.obligations,
+               "cache_ttl_s": d.cache_ttl_s, "revision": d.revision, "exp": expires}
+        # The lifecycle fields travel only when set: an approval or a violation lost on
+        # the way through Redis would let a request skip its approval or its count.
+        if d.violation is not None:
+            doc["violation"] = d.violation
+        if d.approval is not None:
+            doc["approval"] = d.approval
+        return orjson.dumps(doc, default=_default)
 
     def loads(self, value: bytes | None) -> tuple[Decision, float] | None:
         if value is None:
             return None
         doc = orjson.loads(value)
         allow = doc["allow"]
-        if not isinstance(allow, bool) or not isinstance(doc["obligations"], dict):
+        violation, approval = doc.get("violation"), doc.get("approval")
+        if not isinstance(allow, bool) or not isinstance(doc["obligations"], dict) \
+                or not isinstance(violation, (dict, type(None))) or not isinstance(approval, (dict, type(None))):
             raise ValueError("not a decision")
         return (Decision(allow=allow, reasons=tuple(map(str, doc["reasons"])), obligations=doc["obligations"],
-                         cache_ttl_s=int(doc["cache_ttl_s"]), revision=str(doc["revision"]), cache_hit=True),
+                         cache_ttl_s=int(doc["cache_ttl_s"]), revision=str(doc["revision"]), cache_hit=True,
+                         violation=violation, approval=approval),
                 float(doc["exp"]))
 
 

@@ -18,6 +18,8 @@ import orjson
 import regorus
 
 from gateway.errors import PolicyCompileError
+from gateway.lifecycle.model import LifecycleRules
+from gateway.lifecycle.rules import parse_rules
 from gateway.types import Vocabulary
 
 SCHEMA_FILE = "data.schema.json"
@@ -153,6 +155,24 @@ def vocabulary(data: dict[str, Any]) -> Vocabulary:
         raise PolicyCompileError("data.portcullis.config.maturity_order must list distinct maturity names, lowest first")
     return Vocabulary(None if tiers is None else frozenset(map(int, tiers)),
                       None if order is None else tuple(order))
+
+
+def tier_obligations(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Each tier's obligations in the data (data.portcullis.config.tiers[t].obligations): the
+    limits of a request admitted without a decision (the emergency bypass)."""
+    cfg = data.get("portcullis")
+    cfg = cfg.get("config") if isinstance(cfg, dict) else None
+    tiers = cfg.get("tiers") if isinstance(cfg, dict) else None
+    if not isinstance(tiers, dict):
+        return {}
+    return {int(k): dict(v["obligations"]) for k, v in tiers.items()
+            if _TIER_KEY.fullmatch(str(k)) and isinstance(v, dict) and isinstance(v.get("obligations"), dict)}
+
+
+def lifecycle_rules(data: dict[str, Any]) -> LifecycleRules:
+    """The set's lifecycle thresholds (data.portcullis.config.lifecycle); PolicyCompileError if malformed."""
+    cfg = data.get("portcullis")
+    return parse_rules(cfg.get("config") if isinstance(cfg, dict) else None)
 
 
 def build_engine(files: PolicyFiles) -> regorus.Engine:

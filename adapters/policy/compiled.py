@@ -126,7 +126,7 @@ def _same(a: Any, b: Any) -> bool:
     if not isinstance(a, dict) or not isinstance(b, dict):
         return a == b
     return (a.get("allow") == b.get("allow") and sorted(a.get("reasons") or []) == sorted(b.get("reasons") or [])
-            and a.get("obligations") == b.get("obligations") and a.get("cache_ttl_s") == b.get("cache_ttl_s"))
+            and all(a.get(k) == b.get(k) for k in ("obligations", "cache_ttl_s", "violation", "approval")))
 
 
 async def disagreements(interpret: Callable[[str], Any], compiled: Callable[[str], Any],

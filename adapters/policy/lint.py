@@ -23,7 +23,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from adapters.policy.bundle import PolicyFiles, build_engine, collect, vocabulary
+from adapters.policy.bundle import (
+    PolicyFiles,
+    build_engine,
+    collect,
+    lifecycle_rules,
+    vocabulary,
+)
 from gateway.errors import PolicyCompileError
 from gateway.types import Vocabulary
 
@@ -238,10 +244,11 @@ def check(files: PolicyFiles) -> list[Problem]:
     """The static checks of a collected set; empty when OPA and the schemas would accept it."""
     problems = [p for name, source in files.modules for p in annotation_problems(name, source)]
     problems += data_problems(files)
-    try:
-        vocabulary(files.data)
-    except PolicyCompileError as e:
-        problems.append(Problem("data", None, str(e)))
+    for parse in (vocabulary, lifecycle_rules):
+        try:
+            parse(files.data)
+        except PolicyCompileError as e:
+            problems.append(Problem("data", None, str(e)))
     return problems
 
 

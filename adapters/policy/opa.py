@@ -11,13 +11,14 @@ each input, with the inputs in the request's `input` (never spliced into the que
 The revision is OPA's bundle revision (`provenance.bundles.<name>.revision`) when OPA serves
 bundles, else the content hash of the policy directory both containers mount, computed
 exactly as the regorus engine does (adapters/policy/bundle.py), so both backends name the
-same files the same. The directory is also where the tiers and maturities come from
-(data.json), and it is watched like the regorus engine's: a git-sync commit that lands
-changes the revision, and a set that fails the checks keeps the old one. A background poll
-(`policy.opa.poll_s`) asks `GET /health?bundles` and a provenance probe, so bundle revisions
-reach the cache key even while every decision is a cache hit, and `problem` says why OPA is
-not usable (for /readyz). OPA being down at boot does not stop the gateway: it starts on the
-directory's revision, refuses decisions (503) and recovers when OPA answers.
+same files the same. The directory is also where the tiers, maturities and lifecycle
+thresholds come from (data.json), and it is watched like the regorus engine's: a git-sync
+commit that lands changes the revision, and a set that fails the checks keeps the old one.
+A background poll (`policy.opa.poll_s`) asks `GET /health?bundles` and a provenance probe,
+so bundle revisions reach the cache key even while every decision is a cache hit, and
+`problem` says why OPA is not usable (for /readyz). OPA being down at boot does not stop
+the gateway: it starts on the directory's revision, refuses decisions (503) and recovers
+when OPA answers.
 """
 from __future__ import annotations
 
@@ -33,10 +34,23 @@ import orjson
 from opa_client.opa_async import AsyncOpaClient
 
 from adapters.policy import lint
+from adapters.policy.bundle import (
+    PolicyFiles,
+    build_engine,
+    collect,
+    lifecycle_rules,
+    tier_obligations,
+    vocabulary,
+)
+from adapters.policy.regorus_engine import (
+    CheckVocabulary,
+    json_default,
+    smoke_input,
+    to_decision,
+)
 from adapters.policy.reloading import OnReload, notify, watch_policies
-from adapters.policy.bundle import PolicyFiles, build_engine, collect, vocabulary
-from adapters.policy.regorus_engine import CheckVocabulary, json_default, smoke_input, to_decision
 from gateway.errors import PolicyCompileError, PolicyError
+from gateway.lifecycle.model import LifecycleRules
 from gateway.settings import PolicySettings
 from gateway.types import Decision, Vocabulary
 
@@ -93,6 +107,8 @@ class OPAEngine:
         self._dir_revision = ""
         self._bundle_revision: str | None = None
         self._vocab = Vocabulary()
+        self._lifecycle = LifecycleRules()
+        self._obligations: dict[int, dict[str, Any]] = {}  # tier -> obligations, from data.json
         self.problem: str | None = "OPA not contacted yet"  # for /readyz; None when usable
         self._lock = asyncio.Lock()
         self._stop: asyncio.Event | None = None
@@ -108,6 +124,14 @@ class OPAEngine:
     def vocabulary(self) -> Vocabulary:
         return self._vocab
 
+    @property
+    def lifecycle(self) -> LifecycleRules:
+        return self._lifecycle
+
+    def tier_obligations(self, tier: int) -> dict[str, Any]:
+        """The tier's obligations in the mounted data (the emergency bypass's limits)."""
+        return self._obligations.get(tier, {})
+
     async def start(self) -> None:
         """Load the directory (PolicyCompileError if unusable) and start polling OPA; OPA may be down."""
         self._stop = asyncio.Event()
@@ -118,6 +142,8 @@ class OPAEngine:
             async with self._lock:
                 files = await self._load()
                 self._dir_revision, self._vocab = files.revision, vocabulary(files.data)
+                self._lifecycle = lifecycle_rules(files.data)
+                self._obligations = tier_obligations(files.data)
             self._client = BoundedOpaClient(self._opa.url, self._opa.timeout_s, self._opa.max_connections)
             await self._client._init_session()
         except BaseException:
@@ -147,14 +173,15 @@ class OPAEngine:
         async with self._lock:
             try:
                 files = await self._load()
-                vocab = vocabulary(files.data)
+                vocab, rules = vocabulary(files.data), lifecycle_rules(files.data)
             except PolicyCompileError as e:
                 log.error("policy reload rejected, keeping revision %s: %s", self.revision, e)
                 self._notify(None, e.with_traceback(None))
                 return self.revision
             if files.revision == self._dir_revision:
                 return self.revision
-            self._dir_revision, self._vocab = files.revision, vocab
+            self._dir_revision, self._vocab, self._lifecycle = files.revision, vocab, rules
+            self._obligations = tier_obligations(files.data)
         log.info("policy directory changed, revision %s", self.revision)
         self._notify(self.revision, None)
         return self.revision

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,9 +25,18 @@ import orjson
 import regorus
 
 from adapters.policy import compiled, lint
+from adapters.policy.bundle import (
+    PolicyFiles,
+    build_engine,
+    collect,
+    error_text,
+    lifecycle_rules,
+    tier_obligations,
+    vocabulary,
+)
 from adapters.policy.reloading import OnReload, notify, watch_policies
-from adapters.policy.bundle import PolicyFiles, build_engine, collect, error_text, vocabulary
 from gateway.errors import PolicyCompileError, PolicyError
+from gateway.lifecycle.model import SEVERITIES, LifecycleRules
 from gateway.settings import PolicySettings
 from gateway.types import Decision, Vocabulary
 
@@ -59,6 +68,7 @@ class _Active:
     vocabulary: Vocabulary
     files: Any = None  # the PolicyFiles it was built from, to compile its program
     vm: Any = None  # regorus.Rvm once the set's program agrees with the interpreter
+    lifecycle: LifecycleRules = field(default_factory=LifecycleRules)  # the set's lifecycle thresholds
 
 
 def _read(policy_dir: Path) -> PolicyFiles:
@@ -99,8 +109,42 @@ def to_decision(result: Any, revision: str, default_ttl_s: int) -> Decision:
         ttl = int(ttl)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
         raise PolicyError(f"{ENTRY_POINT}.cache_ttl_s must be a non-negative integer, got {ttl!r}")
+    # Lifecycle fields (contract 6) are rare: one lookup each when absent, no other work.
+    violation = result.get("violation")
+    if violation is not None:
+        violation = _violation(violation)
+    approval = result.get("approval")
+    if approval is not None:
+        approval = _approval(approval, allow)
     return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations,
-                    cache_ttl_s=ttl, revision=revision)
+                    cache_ttl_s=ttl, revision=revision, violation=violation, approval=approval)
+
+
+def _violation(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise PolicyError(f"{ENTRY_POINT}.violation must be an object, got {type(v).__name__}")
+    kind, severity = v.get("kind"), v.get("severity")
+    if not isinstance(kind, str) or not kind:
+        raise PolicyError(f"{ENTRY_POINT}.violation.kind must be a non-empty string, got {kind!r}")
+    if severity not in SEVERITIES:
+        raise PolicyError(f"{ENTRY_POINT}.violation.severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+    return v
+
+
+def _approval(a: Any, allow: bool) -> dict[str, Any] | None:
+    """{"required": true, "reason"}; a decision saying none is required carries None."""
+    if not isinstance(a, dict):
+        raise PolicyError(f"{ENTRY_POINT}.approval must be an object, got {type(a).__name__}")
+    required, reason = a.get("required"), a.get("reason", "")
+    if not isinstance(required, bool):
+        raise PolicyError(f"{ENTRY_POINT}.approval.required must be a boolean, got {required!r}")
+    if not isinstance(reason, str):
+        raise PolicyError(f"{ENTRY_POINT}.approval.reason must be a string, got {reason!r}")
+    if not required:
+        return None
+    if allow:  # an approval could only lift a refusal: an allow asking for one is a policy bug
+        raise PolicyError(f"{ENTRY_POINT}.approval.required needs allow false")
+    return a if "reason" in a else {**a, "reason": ""}
 
 
 class RegorusEngine:
@@ -123,6 +167,14 @@ class RegorusEngine:
     @property
     def vocabulary(self) -> Vocabulary:
         return self._active.vocabulary if self._active else Vocabulary()
+
+    @property
+    def lifecycle(self) -> LifecycleRules:
+        return self._active.lifecycle if self._active else LifecycleRules()
+
+    def tier_obligations(self, tier: int) -> dict[str, Any]:
+        """The tier's obligations in the loaded data (the emergency bypass's limits; rare)."""
+        return tier_obligations(self._active.files.data).get(tier, {}) if self._active else {}
 
     @property
     def evaluator(self) -> str:
@@ -225,8 +277,9 @@ class RegorusEngine:
         misfits = list(self._check_vocabulary(vocab)) if self._check_vocabulary is not None else []
         if misfits:
             raise PolicyCompileError("the policy data's tiers and maturities leave out: " + "; ".join(misfits))
+        rules = lifecycle_rules(files.data)  # bad lifecycle data rejects the set, like a bad vocabulary
         engine = build_engine(files)  # here, on the loop thread that will use it
-        active = _Active(engine, files.revision, vocab, files)
+        active = _Active(engine, files.revision, vocab, files, lifecycle=rules)
         try:
             self._evaluate(active, smoke_input(vocab))
         except PolicyError as e:
@@ -270,7 +323,7 @@ class RegorusEngine:
             log.warning("revision %s stays on the interpreter: the compiled program decided "
                         "differently, e.g. for input %s", active.revision, found[0])
         elif self._active is active:  # still the live set: swap in its program, one assignment
-            self._active = _Active(active.engine, active.revision, active.vocabulary, active.files, vm)
+            self._active = replace(active, vm=vm)
             log.info("revision %s now runs compiled", active.revision)
 
     def _notify(self, revision: str | None, exc: Exception | None) -> None:

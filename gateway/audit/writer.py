@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,11 @@ log = logging.getLogger("portcullis.audit")
 
 class AuditWriter(HeadUnknown, Journaled):
     def __init__(self, store: AuditStore, settings: AuditSettings, spool_path: Path,
-                 metrics: AuditMetrics | None = None) -> None:
+                 metrics: AuditMetrics | None = None,
+                 on_spool: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._store = store
+        # Told {"rows", "spool"} when the writer starts spooling (the lifecycle's audit.spooling event).
+        self._on_spool = on_spool
         self._settings = settings
         self._spool_path = Path(spool_path)
         self._spool = SpoolFile(self._spool_path)
@@ -278,7 +282,7 @@ class AuditWriter(HeadUnknown, Journaled):
             return
         try:
             await self._reopen()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a failed reopen is retried
             self._failed(f"audit store reopen failed, will retry: {e}")
             return
         self._problem = None
@@ -340,7 +344,7 @@ class AuditWriter(HeadUnknown, Journaled):
             try:
                 self.journal.storing(rows)
                 await self._store_rows(rows)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any store failure spools the rows
                 self._failed(f"audit store write failed ({len(rows)} rows), spooling: {e}")
             else:
                 self._problem = None  # stored in the live file, nothing spooled
@@ -352,6 +356,11 @@ class AuditWriter(HeadUnknown, Journaled):
             # Neither store nor spool: keep rows (and their slots) in memory.
             self._failed(f"audit spool write failed ({len(rows)} rows held in memory): {e}")
             return
+        if not self._spool_rows and self._on_spool is not None:
+            try:
+                self._on_spool({"rows": len(rows), "spool": str(self._spool_path)})
+            except Exception:  # a listener's bug must not stop the rows
+                log.exception("audit on_spool callback failed")
         self._spool_rows += len(rows)
         self._durable(len(rows), written=False)
 
@@ -366,7 +375,7 @@ class AuditWriter(HeadUnknown, Journaled):
             for i in range(0, len(rows), self._batch_size):
                 # Idempotent: a partial earlier replay left some of these in the store.
                 await self._store_rows(rows[i:i + self._batch_size])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure: replay again later
             self._failed(f"audit spool replay failed, will retry: {e}")
             return False
         await asyncio.to_thread(self._spool.remove)

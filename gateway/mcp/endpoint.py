@@ -25,7 +25,7 @@ from gateway.mcp.origin import HostAllowlist
 from gateway.mcp.sessions import SessionGuard
 from gateway.mcp.streams import Opening, StreamOrder
 from gateway.services import Services
-from gateway.stages.admission import refuse_denied, reserve
+from gateway.stages.admission import allowed_outcome, refuse_denied, reserve
 from gateway.stages.forward import timed, until_client_gone
 from gateway.stages.policy import policy_input
 from gateway.surfaces import mcp as surface
@@ -131,12 +131,13 @@ class MCPHandler:
             ex.decision, ex.input_digest = await s.policy.decide(ex.policy_input, ex.trace)
         # A refused listing is still forwarded, and its answer emptied: the result keeps the
         # shape the client's protocol version expects (2026-07-28 adds cache fields).
-        if action != "tool.list":
-            refuse_denied(call, code="tool_not_allowed" if action == "tool.call" else "policy_denied")
+        if action != "tool.list" and not ex.decision.allow:  # raises, unless an approval lets it through
+            await refuse_denied(s, call, code="tool_not_allowed" if action == "tool.call" else "policy_denied",
+                                arguments=(params.get("arguments") or {}) if action == "tool.call" else None)
         breaker = s.breakers.tool(server)
         if action in actions.HOUSEKEEPING or not ex.decision.allow:
             permit = breaker.enter()  # forwarded all the same: refused at once while it is open
-            ex.outcome = "allow" if ex.decision.allow else "deny"
+            ex.outcome = allowed_outcome(ex.decision) if ex.decision.allow else "deny"
             return permit
         return await reserve(s, call, 0, breaker)
 
@@ -216,6 +217,7 @@ class MCPHandler:
                 ex.error = f"MCP error {err.get('code')}: {str(err.get('message'))[:200]}"
             elif ex.action == "tool.call" and isinstance(obj.get("result"), dict) and obj["result"].get("isError"):
                 ex.error = "tool result isError"
+                ex.tool_error = True  # counts against the agent's error budget
             return None
         return note
 
@@ -231,8 +233,9 @@ class MCPHandler:
                                          [(server, t["name"], s.tools.catalog.annotations(server, t["name"]))
                                           for t in named])
         listing_allowed = ex.decision.allow
-        visible = [t for t, (d, _, _) in zip(named, decisions) if d.allow and listing_allowed]
-        hidden = [f"{t['name']}: {'; '.join(d.reasons)}" for t, (d, _, _) in zip(named, decisions) if not d.allow]
+        reachable = s.tools.reachable
+        visible = [t for t, (d, _, _) in zip(named, decisions) if listing_allowed and reachable(d)]
+        hidden = [f"{t['name']}: {'; '.join(d.reasons)}" for t, (d, _, _) in zip(named, decisions) if not reachable(d)]
         if listing_allowed:
             ex.decision = replace(ex.decision, reasons=tuple(hidden))
         filtered = {**result, "tools": visible}

@@ -6,10 +6,11 @@ owns; a credential pinned to one agent can never switch to a sibling.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.directory import AgentDirectory
-from gateway.errors import AuthenticationFailed, Forbidden
+from gateway.errors import AgentRevoked, AuthenticationFailed, Forbidden
+from gateway.lifecycle.overlay import Overlay
 from gateway.protocols import IdentitySource
 from gateway.settings import ConfigError
 from gateway.types import Agent, Principal
@@ -46,8 +47,10 @@ def credential(headers: Mapping[str, str]) -> str | None:
 
 class IdentityResolver:
     def __init__(self, sources: Sequence[IdentitySource], directory: AgentDirectory,
-                 anonymous_agent: str | None = None) -> None:
+                 anonymous_agent: str | None = None, overlay: Overlay | None = None) -> None:
         self._sources = tuple(sources)
+        # The lifecycle overlay (revocations, promotions, demotions); never active with lifecycle off.
+        self.overlay = overlay if overlay is not None else Overlay()
         self._directory = directory  # shared and swapped whole on reload: look agents up per request
         self._anonymous = anonymous_agent
         self.check_directory(directory)
@@ -70,10 +73,21 @@ class IdentityResolver:
         requested = (headers.get("x-agent-id") or "").strip() or None
         token = credential(headers)
         if token is None:
-            return self._anonymous_identity(requested)
-        principal = await self._principal(token)
-        agent = self._select(principal, requested)
-        self._check_usable(agent, principal.workspace)
+            agent, principal = self._anonymous_identity(requested)
+        else:
+            principal = await self._principal(token)
+            agent = self._select(principal, requested)
+            try:
+                self._check_usable(agent, principal.workspace)
+            except AgentRevoked as e:
+                e.who = (agent, principal)  # the refusal's audit row names whom it refused
+                raise
+        if self.overlay.active:  # nothing revoked or overridden: this check is all it costs
+            try:
+                agent = self.overlay.apply(agent, jwt=principal.auth == "jwt")  # AgentRevoked (403) when revoked
+            except AgentRevoked as e:
+                e.who = (agent, principal)
+                raise
         return agent, principal
 
     async def _principal(self, token: str) -> Principal:
@@ -119,4 +133,4 @@ class IdentityResolver:
         if known is not None and known.workspace != workspace:
             raise Forbidden(f"agent {agent.id} is not in workspace {workspace}")
         if agent.revoked or (known is not None and known.revoked):
-            raise Forbidden(f"agent {agent.id} is revoked")
+            raise AgentRevoked(f"agent {agent.id} is revoked")

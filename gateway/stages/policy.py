@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import orjson
 
@@ -16,6 +17,10 @@ from gateway.tracing import RequestTrace
 from gateway.types import Agent, Decision
 
 log = logging.getLogger("portcullis.policy")
+
+# A bypassed request's decision (gateway/lifecycle/switches.py): its revision marks it.
+BYPASS_REVISION = "bypass"
+BYPASS_REASON = "emergency bypass: policy not evaluated"
 
 
 def policy_input(agent: Agent, auth: str, action: str, resource: dict[str, Any],
@@ -36,8 +41,18 @@ def digest(doc: dict[str, Any]) -> str:
 
 class PolicyStage:
     def __init__(self, engine: PolicyEngine, cache: DecisionCache, metrics: Metrics,
-                 fail_open: bool = False, gate: Callable[[], str | None] | None = None) -> None:
+                 fail_open: bool = False, gate: Callable[[], str | None] | None = None,
+                 bypassed: Callable[[str], str | None] | None = None,
+                 on_fail_open: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._engine = engine
+        # Told {"error", "requests"} when decisions fail open: at most once a minute, with the
+        # number of requests let through since the last call (the policy.fail_open event).
+        self._on_fail_open = on_fail_open
+        self._fail_opens = 0
+        self._fail_open_next = 0.0
+        # Whether a surface skips policy now (the emergency bypass, governance off for the
+        # surface: gateway/lifecycle/switches.py); None when the lifecycle is off.
+        self._bypassed = bypassed
         # Why no decision may be made now (the audit chain cannot continue: 503), or None.
         self._gate = gate or (lambda: None)
         self._cache = cache
@@ -61,6 +76,8 @@ class PolicyStage:
         if (why := self._gate()) is not None:
             raise Unavailable(why, code="audit_unavailable")
         dig = digest(doc)
+        if self._bypassed is not None and (why := self._bypassed(doc["request"]["api"])):
+            return self.bypass_decision(doc, why), dig
         # The revision in the key means a reload can never serve a stale decision.
         key = self._engine.revision + ":" + dig
         cached = await self._cache.get(key)
@@ -86,6 +103,8 @@ class PolicyStage:
             raise Unavailable(why, code="audit_unavailable")
         revision = self._engine.revision  # one revision for the whole batch
         digests = [digest(d) for d in docs]
+        if self._bypassed is not None and docs and (why := self._bypassed(docs[0]["request"]["api"])):
+            return [(self.bypass_decision(d, why), dg) for d, dg in zip(docs, digests)]  # one request: one surface
         # The revision in the key means a reload can never serve a stale decision.
         keys = [revision + ":" + dg for dg in digests]
         out: list[Decision | None] = []
@@ -106,6 +125,20 @@ class PolicyStage:
                     await self._cache.set(keys[i], replace(decision, cache_hit=True), decision.cache_ttl_s)
         return [(d, dg) for d, dg in zip(out, digests)]  # type: ignore[misc]
 
+    def use_switches(self, bypassed: Callable[[str], str | None] | None) -> None:
+        """Follow the lifecycle's switches (`Switches.bypass_reason`: why a surface skips policy now,
+        or None); set once, when the app is built."""
+        self._bypassed = bypassed
+
+    def bypass_decision(self, doc: dict[str, Any], reason: str = BYPASS_REASON) -> Decision:
+        """The stand-in for a decision while policy is bypassed: nothing evaluated, the request
+        allowed with its tier's obligations from the policy data (so it is still rate limited),
+        never cached, and audited as `bypass` (admission.allowed_outcome)."""
+        tier_obligations = getattr(self._engine, "tier_obligations", None)
+        obligations = tier_obligations(doc["agent"]["tier"]) if tier_obligations is not None else {}
+        return Decision(allow=True, reasons=(reason,), obligations=obligations,
+                        revision=BYPASS_REVISION, cache_ttl_s=0)
+
     def _evaluate(self, docs: list[dict[str, Any]]) -> list[Decision]:
         t = time.perf_counter()
         try:
@@ -124,10 +157,25 @@ class PolicyStage:
         self._metrics.policy_eval.observe((time.perf_counter() - t) / len(docs))
         return decisions
 
+    def _note_fail_open(self, e: PolicyError, n: int) -> None:
+        if self._on_fail_open is None:
+            return
+        self._fail_opens += n
+        now = time.monotonic()
+        if now < self._fail_open_next:
+            return
+        self._fail_open_next = now + 60.0
+        count, self._fail_opens = self._fail_opens, 0
+        try:
+            self._on_fail_open({"error": str(e), "requests": count})
+        except Exception:  # a listener's bug must not fail the request
+            log.exception("policy on_fail_open callback failed")
+
     def _failed(self, docs: list[dict[str, Any]], e: PolicyError) -> list[Decision]:
         self._metrics.policy_errors.inc()
         if not self._fail_open:
             raise e
         log.error("policy engine failed, failing open: %s", e)
+        self._note_fail_open(e, len(docs))
         return [Decision(allow=True, reasons=(f"policy engine failed, fail-open: {e}",),
                          revision=self._engine.revision, cache_ttl_s=0) for _ in docs]

@@ -79,11 +79,11 @@ def error_response(err: GatewayError, call: Any) -> tuple[int, bytes]:
 
 
 def error_body(err: GatewayError, request_id: str) -> bytes:
-    return orjson.dumps({
-        "type": "error",
-        "error": {"type": _ERROR_TYPES.get(err.kind, "api_error"), "message": err.message},
-        "request_id": request_id,
-    })
+    error = {"type": _ERROR_TYPES.get(err.kind, "api_error"), "message": err.message}
+    approval_id = getattr(err, "approval_id", None)
+    if approval_id is not None:  # ApprovalRequired: what to ask an operator for, then retry with
+        error["approval_id"] = approval_id
+    return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
 
 
 def stream_error_event(err: GatewayError, request_id: str) -> bytes:

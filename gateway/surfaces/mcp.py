@@ -21,6 +21,9 @@ def error_data(err: GatewayError, request_id: str, reasons: tuple[str, ...] = ()
     data: dict[str, Any] = {"request_id": request_id, "type": err.kind, "code": err.code}
     if reasons:
         data["reasons"] = list(reasons)
+    approval_id = getattr(err, "approval_id", None)
+    if approval_id is not None:  # ApprovalRequired: retry with X-Portcullis-Approval once approved
+        data["approval_id"] = approval_id
     if "retry-after" in err.headers:
         data["retry_after_s"] = int(err.headers["retry-after"])
     return data

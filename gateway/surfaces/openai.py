@@ -107,13 +107,17 @@ def error_response(err: GatewayError, call: Any) -> tuple[int, bytes]:
 
 
 def error_body(err: GatewayError, request_id: str) -> bytes:
-    return orjson.dumps({"error": {
+    error = {
         "message": err.message,
         "type": _ERROR_TYPES.get(err.kind, "api_error"),
         "code": err.code,
         "param": err.param,
         "request_id": request_id,
-    }})
+    }
+    approval_id = getattr(err, "approval_id", None)
+    if approval_id is not None:  # ApprovalRequired: what to ask an operator for, then retry with
+        error["approval_id"] = approval_id
+    return orjson.dumps({"error": error})
 
 
 def stream_error_event(err: GatewayError, request_id: str) -> bytes:

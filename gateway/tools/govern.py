@@ -29,11 +29,17 @@ class ToolGovernor:
     """
 
     def __init__(self, settings: ToolsSettings, policy: PolicyStage, catalog: ToolCatalog,
-                 fetch_tools: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 fetch_tools: Callable[[str], Awaitable[None]] | None = None, *, approvals: bool = False) -> None:
         self.settings = settings
         self.policy = policy
         self.catalog = catalog
         self.fetch_tools = fetch_tools
+        self.approvals = approvals  # the lifecycle runs: a call needing approval can be approved
+
+    def reachable(self, d: Decision) -> bool:
+        """Allowed, or allowed once an operator approves: such a tool is listed and may be offered
+        to a model, or an agent that only calls listed tools could never ask (contract 6)."""
+        return d.allow or (self.approvals and d.approval is not None)
 
     async def annotations(self, server: str, tool: str) -> dict[str, bool] | None:
         """A tool's hints: configured for HTTP tools, learned from tools/list for MCP servers."""
@@ -60,7 +66,7 @@ class ToolGovernor:
         tools = [(server, tool, await self.annotations(server, tool)) for server, tool in governed.values()]
         decisions = await self.decide(agent, auth, api, tools)
         return {fn: "; ".join(d.reasons) or "denied by policy"
-                for fn, (d, _, _) in zip(governed, decisions) if not d.allow}
+                for fn, (d, _, _) in zip(governed, decisions) if not self.reachable(d)}
 
     def http_annotations(self, name: str) -> dict[str, bool]:
         return dict(self.settings.http[name].annotations)

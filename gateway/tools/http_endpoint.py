@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.breaker import through
 from gateway.errors import NotFound
 from gateway.exchange import Call
@@ -29,6 +31,15 @@ def query_params(args: dict[str, Any]) -> dict[str, str]:
             for k, v in args.items() if v is not None}
 
 
+def _is_error(data: bytes) -> bool:
+    """An MCP-style tool result saying it failed: {"isError": true, ...}."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("isError") is True
+
+
 class HTTPToolHandler:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -46,7 +57,8 @@ class HTTPToolHandler:
         [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
             ex.agent, ex.principal.auth, surface.NAME, [(HTTP_SERVER, name, s.tools.http_annotations(name))],
             ex.trace)
-        refuse_denied(call, code="tool_not_allowed")
+        if not ex.decision.allow:  # raises, unless an approval it presents lets it through
+            await refuse_denied(s, call, code="tool_not_allowed", arguments=args)
         permit = await reserve(s, call, 0, s.breakers.tool(name))
         out = {k: call.headers[k] for k in _FORWARD if k in call.headers}
         out.setdefault("content-type", "application/json")
@@ -64,5 +76,7 @@ class HTTPToolHandler:
         ex.status = resp.status
         if resp.status >= 400:
             ex.error = f"tool {name} answered {resp.status}"
+        elif b'"isError"' in data and _is_error(data):  # counts against the agent's error budget
+            ex.error, ex.tool_error = f"tool {name} result isError", True
         ctype = resp.headers.get("content-type", "application/json").encode()
         await send_bytes(call.send, resp.status, data, call.response_headers(), content_type=ctype)

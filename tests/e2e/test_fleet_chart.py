@@ -48,7 +48,10 @@ def rig(loop_thread: LoopThread, upstream: UpstreamServer,
     tmp = tmp_path_factory.mktemp("fleet")
     rendered = chart.render(chart.fleet_values(upstream.url, config={"routes": ROUTES}))
     volume = ConfigMapVolume(tmp / "policies")
-    files = policy_files(rendered)
+    # The first test drives an agent into its rate limit on purpose: its 429s must not count
+    # against its error budget (the lifecycle would revoke it, as configured, for the rest).
+    files = edit_json(policy_files(rendered), DATA,
+                      lambda d: d["lifecycle"].__setitem__("rate_limited_errors_after", 0))
     volume.write(files)
     admin_dsn, database = pg_dsn(), unique("fleet_")
     dsn = loop_thread.run(pg.create_database(admin_dsn, database))  # the Secret's pg-dsn

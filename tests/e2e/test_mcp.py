@@ -26,6 +26,8 @@ EXPECTED = {
     "executor": {"read_orders", "refund_order"},
     "architect": {"read_orders", "refund_order", "delete_customer"},
 }
+# Listed but refused until an operator approves (contract 6): an agent only calls what it is shown.
+NEEDS_APPROVAL = {"executor": {"delete_customer"}}
 CALLS = {
     "read_orders": {"customer": "acme"},
     "refund_order": {"order_id": "A-1001", "amount": 10.0},
@@ -69,7 +71,7 @@ def test_agents_see_and_call_exactly_their_tools(loop_thread: LoopThread, mcp_ga
     assert out["fatal"] is None, out["fatal"]
     assert out["protocol_version"] == CLIENTS[client]
     listed, *calls = out["results"]
-    assert {t["name"] for t in listed["tools"]} == EXPECTED[agent]
+    assert {t["name"] for t in listed["tools"]} == EXPECTED[agent] | NEEDS_APPROVAL.get(agent, set())
     for tool in listed["tools"]:  # listed tools keep their schema and annotations intact
         assert tool["inputSchema"]["type"] == "object"
     for (name, _), result in zip(CALLS.items(), calls):
@@ -84,7 +86,9 @@ def test_agents_see_and_call_exactly_their_tools(loop_thread: LoopThread, mcp_ga
         else:
             err = result["error"]
             assert err["code"] == -31403, err
-            assert err["data"]["code"] == "tool_not_allowed"
+            # The default policy asks an operator to approve a supervised T3 agent's destructive call.
+            approval = name in NEEDS_APPROVAL.get(agent, set())
+            assert err["data"]["code"] == ("approval_required" if approval else "tool_not_allowed")
             assert err["data"]["reasons"] and all(r in err["message"] for r in err["data"]["reasons"])
             assert gw.audit_row(err["data"]["request_id"])["request_id"] == row["request_id"]
             assert row["decision"] == "deny" and json.loads(row["reasons"]) == err["data"]["reasons"]

@@ -41,7 +41,7 @@ from tests.support.harness import REPO, free_socket
 from tests.support.waiting import eventually
 
 BIN = Path(sys.executable).parent
-README_PORTS = {"8080": "gateway", "9300": "demo"}
+README_PORTS = {"8080": "gateway", "8081": "admin", "9300": "demo"}
 SETUP = "python3 -m venv"
 
 

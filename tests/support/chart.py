@@ -155,9 +155,10 @@ def localize(cfg: dict[str, Any], data_dir: Path, *, policy_dir: Path, agents_fi
     cfg["server"]["port"] = port
     cfg["identity"]["agents_file"] = str(agents_file)
     cfg["policy"]["dir"] = str(policy_dir)
-    for key in ("path", "spool_path"):
-        rel = Path(cfg["audit"][key]).relative_to(DATA_DIR)
-        cfg["audit"][key] = str(data_dir / rel)
+    for section, key in (("audit", "path"), ("audit", "spool_path"), ("lifecycle", "path")):
+        if key in cfg.get(section, {}):
+            cfg[section][key] = str(data_dir / Path(cfg[section][key]).relative_to(DATA_DIR))
+    cfg.setdefault("admin", {})["port"] = 0  # the admin listener's port, like server.port: free, local
     return cfg
 
 

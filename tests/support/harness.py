@@ -11,9 +11,10 @@ import shutil
 import socket
 import sqlite3
 import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 import yaml
@@ -62,7 +63,7 @@ def free_socket() -> socket.socket:
 class Served:
     """An app under uvicorn on 127.0.0.1:`port`, on the loop that started it."""
     server: uvicorn.Server
-    task: "asyncio.Task[None]"
+    task: asyncio.Task[None]
     port: int
 
     @property
@@ -99,6 +100,11 @@ def gateway_config(tmp: Path, upstream_url: str, policy_dir: Path | None = None,
         "policy": {"dir": str(policy_dir or REPO / "policies_rego"), "hot_reload": False},
         "audit": {"path": str(tmp / "audit.db"), "spool_path": str(tmp / "audit.spool"),
                   "chain_id": "test", "flush_interval_ms": 10},
+        # Per test: the agent state beside the audit db; the admin API on any free port. Error
+        # budgets are off unless a test turns them on (lifecycle__error_budgets=True): with the
+        # default budgets a shared gateway would revoke agents that other tests' denials counted.
+        "lifecycle": {"path": str(tmp / "lifecycle.db"), "error_budgets": False},
+        "admin": {"port": 0},
         "upstreams": {
             "openai": {"provider": "openai", "base_url": upstream_url, "api_key_env": "TEST_OPENAI_KEY",
                        "read_timeout_s": 2, "connect_timeout_s": 2},
@@ -146,13 +152,30 @@ class Gateway:
         self.app = create_app(self.settings)
         self._served = await serve(self.app, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=5)
 
-    def start(self) -> "Gateway":
+    def start(self) -> Gateway:
         self.loop.run(self._start())
         return self
 
     def stop(self) -> None:
         if self._served is not None:
             self.loop.run(self._served.stop())
+
+    @property
+    def lifecycle(self) -> Any:
+        """The running gateway.lifecycle.runtime.Lifecycle (None with lifecycle.enabled false)."""
+        return self.app.state.services.lifecycle
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL (admin.port 0: the port it found)."""
+        admin = self.app.state.admin
+        assert admin is not None and admin.port is not None, "admin API not running"
+        return f"http://127.0.0.1:{admin.port}"
+
+    def lifecycle_flush(self) -> None:
+        """Wait until every finished request is counted and every event stored."""
+        if self.lifecycle is not None:
+            self.loop.run(self.lifecycle.flush())
 
     @property
     def audit_db(self) -> Path:

@@ -207,7 +207,8 @@ def test_check_config_accepts_the_rendered_config(combo: str, rendered, tmp_path
     assert check(path, environ) == []
     missing = dict(environ)
     missing.pop(next(n for n in environ if "PG" in n))
-    assert [k for k, _ in check(path, missing)] == ["audit.dsn_env"]  # a Secret key the pod lacks
+    # A Secret key the pod lacks: both stores that read it say so.
+    assert [k for k, _ in check(path, missing)] == ["audit.dsn_env", "lifecycle.dsn_env"]
 
 
 def test_bundled_policies_equal_policies_rego() -> None:

@@ -18,6 +18,7 @@ COMBOS = {
     "defaults": {},
     "everything": {"opa": {"enabled": True}, "ingress": {"enabled": True}, "httpRoute": {"enabled": True},
                    "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "report": {"enabled": True},
                    "config": {"tracing": {"enabled": True}},
                    "gitSync": {"enabled": True, "repo": "https://github.com/example/policies.git",
                                "auth": {"method": "token", "existingSecret": "policies-token"}}},

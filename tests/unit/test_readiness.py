@@ -221,3 +221,19 @@ def test_an_unset_env_variable_is_a_config_error_naming_the_key(tmp_path):
 
 def test_the_quickstart_needs_no_env_secrets():
     assert check(REPO / "config" / "quickstart.yaml", {}) == []
+
+
+def test_webhook_urls_come_from_the_environment_and_never_show(tmp_path):
+    hook = f"https://hooks.slack.example/services/T0/B0/{SECRET}"
+    path = gateway_config(tmp_path, "http://127.0.0.1:9", lifecycle__webhooks=[
+        {"url_env": "PORTCULLIS_SLACK_URL", "format": "slack"}, {"url": "http://127.0.0.1:9/hook"}])
+    s = load_settings(path, {**PROVIDER_KEYS, "PORTCULLIS_SLACK_URL": hook})
+    assert [w.url for w in s.lifecycle.webhooks] == [hook, "http://127.0.0.1:9/hook"]
+    assert SECRET not in repr(s)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, PROVIDER_KEYS)
+    assert e.value.problems == [("lifecycle.webhooks.0.url_env", "environment variable PORTCULLIS_SLACK_URL is not set")]
+    doc = yaml.safe_load(path.read_text())
+    doc["lifecycle"]["webhooks"] = [{"format": "json"}]
+    path.write_text(yaml.safe_dump(doc))
+    assert any(k == "lifecycle.webhooks.0" and "url or url_env" in r for k, r in check(path, PROVIDER_KEYS))

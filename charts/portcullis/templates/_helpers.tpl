@@ -64,7 +64,7 @@ chart's layout (container paths, port, OPA sidecar).
 */}}
 {{- define "portcullis.gatewayConfig" -}}
 {{- $cfg := deepCopy .Values.config }}
-{{- range $section := list "server" "identity" "policy" "audit" "cache" }}
+{{- range $section := list "server" "identity" "policy" "audit" "cache" "lifecycle" }}
 {{- if not (hasKey $cfg $section) }}{{- $_ := set $cfg $section dict }}{{- end }}
 {{- end }}
 {{- $_ := set $cfg.server "host" "0.0.0.0" }}
@@ -73,6 +73,7 @@ chart's layout (container paths, port, OPA sidecar).
 {{- $_ := set $cfg.policy "dir" (include "portcullis.policyDir" .) }}
 {{- $_ := set $cfg.audit "path" "/var/lib/portcullis/audit.db" }}
 {{- $_ := set $cfg.audit "spool_path" "/var/lib/portcullis/audit.spool" }}
+{{- $_ := set $cfg.lifecycle "path" "/var/lib/portcullis/lifecycle.db" }}
 {{- if .Values.opa.enabled }}
 {{- $_ := set $cfg.policy "backend" "opa" }}
 {{- $_ := set $cfg.policy "opa" (dict "url" "http://127.0.0.1:8181" "timeout_s" .Values.opa.timeoutSeconds "max_connections" .Values.opa.maxConnections "decision_path" "portcullis/decision") }}

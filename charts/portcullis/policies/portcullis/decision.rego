@@ -4,7 +4,8 @@
 #   Entry point data.portcullis.decision. Always an object: allow, reasons (why
 #   a request is denied; empty when allowed), obligations (the tier's limits,
 #   also on deny so the audit shows what would have applied; empty for an
-#   unknown tier) and cache_ttl_s.
+#   unknown tier) and cache_ttl_s; and, when they apply, violation and
+#   approval (lifecycle.rego).
 package portcullis
 
 import rego.v1
@@ -50,12 +51,15 @@ default decision := {
 # METADATA
 # title: Decision
 # description: The document the gateway reads for every request.
-decision := {
-	"allow": count(deny) == 0,
-	"reasons": sort(deny),
-	"obligations": tiers.obligations(tier),
-	"cache_ttl_s": cfg.cache_ttl_s,
-}
+decision := object.union(
+	{
+		"allow": count(deny) == 0,
+		"reasons": sort(deny),
+		"obligations": tiers.obligations(tier),
+		"cache_ttl_s": cfg.cache_ttl_s,
+	},
+	lifecycle_fields,
+)
 
 # Names the target of an action in reasons: "tool.call refund_order", "llm.chat".
 target := sprintf("%s %s", [action, resource_name]) if {
@@ -83,8 +87,7 @@ deny contains sprintf("unknown maturity %v", [agent_maturity]) if not maturity.k
 required_maturity := maturity.required_for(action, resource) if maturity.known_action(action)
 
 deny contains msg if {
-	maturity.known(agent_maturity)
-	maturity.rank[agent_maturity] < maturity.rank[required_maturity]
+	maturity_forbids
 	msg := sprintf("maturity %s below required %s for %s", [agent_maturity, required_maturity, target])
 }
 

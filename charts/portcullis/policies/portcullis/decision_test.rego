@@ -166,13 +166,14 @@ test_intern_calls_read_only_tool if {
 	d.reasons == ["maturity intern below required supervised for tool.call refund_order"]
 }
 
+# From tier 3 a supervised agent's destructive call waits for approval instead (lifecycle_test.rego).
 test_supervised_calls_state_changing_tool if {
 	every t in [2, 3] {
 		decision.allow with input as tool_input(t, "supervised", "tool.call", "read_orders", read_orders)
 		decision.allow with input as tool_input(t, "supervised", "tool.call", "refund_order", refund_order)
-		d := decision with input as tool_input(t, "supervised", "tool.call", "delete_customer", delete_customer)
-		d.reasons == ["maturity supervised below required autonomous for tool.call delete_customer"]
 	}
+	d := decision with input as tool_input(2, "supervised", "tool.call", "delete_customer", delete_customer)
+	d.reasons == ["maturity supervised below required autonomous for tool.call delete_customer"]
 }
 
 test_autonomous_calls_destructive_tool if {
