@@ -1,4 +1,4 @@
-"""python -m bench run | micro | profile | ab | fuzz  (see docs/performance.md)."""
+"""python -m bench run | micro | profile | ab | fuzz | replay  (see docs/performance.md)."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--only", help="comma-separated experiment names (default: all)")
     from bench.fuzz import add_arguments as fuzz_arguments
     fuzz_arguments(sub.add_parser("fuzz", help="fuzz the request parsers and SSE usage readers (not in CI)"))
+    from bench.replay import add_arguments as replay_arguments
+    replay_arguments(sub.add_parser("replay", help="time `policy replay` over a big recorded SQLite audit log"))
     return p
 
 
@@ -53,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fuzz":
         from bench.fuzz import main as fuzz
         return fuzz(args)
+    if args.command == "replay":
+        from bench.replay import main as replay
+        return replay(args)
     if args.command == "ab":
         from bench.ab import main as ab
         return ab(args)

@@ -1,4 +1,4 @@
-"""`portcullis serve | check-config | policy test|check | audit tail | audit verify | keys new | demo mcp-server`,
+"""`portcullis serve | check-config | policy test|check|replay | audit tail|verify|export | keys new | demo mcp-server`,
 and the operator commands `agents | approvals | proposals | events | bypass | report | admin-token` (gateway/admin/cli.py)."""
 from __future__ import annotations
 
@@ -71,11 +71,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
-    run = registry.import_from_string("adapters.policy.regorus_testrunner:run_policy_tests")
-    fmt = registry.import_from_string("adapters.policy.regorus_testrunner:format_results")
-    text, code = fmt(run(Path(args.dir)))
-    print(text)
-    return code
+    runner = "adapters.policy.regorus_testrunner:"
+    fmt = registry.import_from_string(runner + "format_results")
+    if not (args.coverage or args.min_coverage is not None):
+        text, code = fmt(registry.import_from_string(runner + "run_policy_tests")(Path(args.dir)))
+        print(text)
+        return code
+    results, files = registry.import_from_string(runner + "run_policy_tests_with_coverage")(Path(args.dir))
+    text, code = fmt(results)
+    cov_text, cov_code = registry.import_from_string(runner + "format_coverage")(files, args.min_coverage)
+    print(text + "\n" + cov_text)
+    return code or cov_code
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -134,6 +140,37 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.audit.export import export_decision_log, instant
+
+    try:
+        now = time.time()
+        since = None if args.since is None else instant(args.since, now)
+        until = None if args.until is None else instant(args.until, now)
+    except ValueError as e:
+        print(f"audit export: {e}", file=sys.stderr)
+        return 2
+
+    async def go(out) -> None:
+        store = _audit_store(args)
+        await store.start()
+        try:
+            counts = await export_decision_log(store, out, since=since, until=until)
+        finally:
+            await store.aclose()
+        print(f"audit export: {counts.exported} decisions written, {counts.skipped} rows without a policy "
+              f"decision skipped ({counts.scanned} rows scanned)", file=sys.stderr)
+
+    if args.out:
+        with open(args.out, "wb") as f:
+            asyncio.run(go(f))
+    else:
+        asyncio.run(go(sys.stdout.buffer))
+    return 0
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     from gateway.keys import new_key
 
@@ -179,11 +216,18 @@ def parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     t = pol.add_parser("test", help="run the Rego test_ rules on the embedded engine")
     t.add_argument("dir", nargs="?", default="policies_rego")
+    t.add_argument("--coverage", action="store_true", help="report the policy lines no test reached")
+    t.add_argument("--min-coverage", type=float, metavar="P",
+                   help="fail when the tests cover under P percent of the policy lines (implies --coverage)")
     t.set_defaults(func=cmd_policy_test)
     pc = pol.add_parser("check", help="check a policy directory as OPA would load it, and its data "
                                       "against its data.schema.json")
     pc.add_argument("dir", nargs="?", default="policies_rego")
     pc.set_defaults(func=cmd_policy_check)
+    from gateway.replay.command import (
+        add_parser as add_replay,  # `policy replay` (gateway/replay/)
+    )
+    add_replay(pol, default_config)
 
     # --config before or after the subcommand: `audit --config X tail` = `audit tail --config X`.
     audit = sub.add_parser("audit", help="audit log tools")
@@ -192,7 +236,12 @@ def parser() -> argparse.ArgumentParser:
     at = aud.add_parser("tail", help="show the newest audit rows")
     at.add_argument("-n", type=int, default=20)
     av = aud.add_parser("verify", help="walk the hash chains and report the first broken link")
-    for cmd, func in ((at, cmd_audit_tail), (av, cmd_audit_verify)):
+    ae = aud.add_parser("export", help="write the policy's decisions as JSON lines (OPA decision-log events)")
+    ae.add_argument("--format", choices=["opa-decision-log"], default="opa-decision-log")
+    ae.add_argument("--since", help="from this time: a duration back (7d, 12h), ISO 8601 or epoch seconds")
+    ae.add_argument("--until", help="before this time (same forms as --since)")
+    ae.add_argument("--out", help="write to this file (default: stdout)")
+    for cmd, func in ((at, cmd_audit_tail), (av, cmd_audit_verify), (ae, cmd_audit_export)):
         cmd.add_argument("--config", default=argparse.SUPPRESS)  # absent: keep the audit-level value
         cmd.set_defaults(func=func)
 

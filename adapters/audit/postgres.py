@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import asyncpg
 import orjson
 
-from gateway.audit.chain import ROW_FIELDS, ChainConflict, row_from_store
+from gateway.audit.chain import ROW_FIELDS, ChainConflict, format_ts, row_from_store
 from gateway.errors import BackendError
 from gateway.settings import AuditSettings
 
@@ -48,6 +48,7 @@ _TEXT_FIELDS = frozenset(f for f in ROW_FIELDS if f not in _TYPES) | {"chain_id"
 _MARK = "\ue000"
 _STAGE = "portcullis_audit_stage"
 _PAGE = 1000
+_CHUNK = 5000  # iter_inputs: rows per cursor fetch
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
            TimeoutError)
 
@@ -323,3 +324,28 @@ class PostgresAuditStore:
                 page = await self._fetch(self._next_page, last["chain_id"], last["seq"])
             else:
                 page = await self._fetch(self._chain_next, key, last["seq"])
+
+    async def iter_inputs(self, since: str | None = None, until: str | None = None, agent: str | None = None,
+                          action: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Decided inputs for `policy replay` (see AuditStore.iter_inputs), filtered by the server
+        and read through a server-side cursor, a chunk at a time, in one read-only transaction
+        (one consistent snapshot while the writers keep appending)."""
+        where, args = ["input_digest IS NOT NULL", "policy_input IS NOT NULL"], []
+        for cond, v in (("ts >=", _ts(since)), ("ts <", _ts(until)), ("agent_id =", _text(agent)),
+                        ("action =", _text(action))):
+            if v is not None:
+                args.append(v)
+                where.append(f"{cond} ${len(args)}")
+        sql = (f"SELECT ts, agent_id, action, policy_input, input_digest, policy_revision FROM {self._table} "
+               f"WHERE {' AND '.join(where)}")
+        pool = self._pool_or_fail()
+        try:
+            async with pool.acquire(timeout=self._timeout) as conn, conn.transaction(readonly=True):
+                cur = await conn.cursor(sql, *args)
+                while rows := await cur.fetch(_CHUNK):
+                    for r in rows:
+                        yield {"ts": format_ts(r[0]), "agent_id": _untext(r[1]), "action": _untext(r[2]),
+                               "policy_input": r[3], "input_digest": _untext(r[4]),
+                               "policy_revision": _untext(r[5])}
+        except _ERRORS as e:
+            raise self._error("read failed", e)

@@ -40,6 +40,9 @@ _SCHEMA = (
 # ignored row is the very same row (same hash), not a different one.
 _INSERT = f"INSERT OR IGNORE INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(ROW_FIELDS))})"
 _JSON = orjson.OPT_SORT_KEYS
+# `iter_inputs`: the columns `policy replay` reads, fetched this many rows at a time.
+INPUT_FIELDS = ("ts", "agent_id", "action", "policy_input", "input_digest", "policy_revision")
+_CHUNK = 5000
 
 
 def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -168,6 +171,25 @@ class SQLiteAuditStore:
                 while rows := await cur.fetchmany(1000):
                     for r in rows:
                         yield row_from_store(dict(zip(ROW_FIELDS, r)))
+        except sqlite3.Error as e:
+            raise BackendError(f"audit sqlite read failed: {e}") from e
+
+    async def iter_inputs(self, since: str | None = None, until: str | None = None, agent: str | None = None,
+                          action: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Decided inputs for `policy replay` (see AuditStore.iter_inputs): filtered here, in
+        chunks; ts is ISO-8601 UTC text, so the string bounds compare in time order."""
+        _, reader = self._conns()
+        where, args = ["input_digest IS NOT NULL", "policy_input IS NOT NULL"], []
+        for cond, v in (("ts >= ?", since), ("ts < ?", until), ("agent_id = ?", agent), ("action = ?", action)):
+            if v is not None:
+                where.append(cond)
+                args.append(v)
+        sql = f"SELECT {', '.join(INPUT_FIELDS)} FROM audit_log WHERE {' AND '.join(where)}"
+        try:
+            async with reader.execute(sql, args) as cur:
+                while rows := await cur.fetchmany(_CHUNK):
+                    for r in rows:
+                        yield dict(zip(INPUT_FIELDS, r))
         except sqlite3.Error as e:
             raise BackendError(f"audit sqlite read failed: {e}") from e
 

@@ -5,6 +5,11 @@ finds the `test_` rules of every package and evaluates each on a fresh clone of
 the engine, so no test sees another's state. A test passes only when its value
 is `true`. Like `opa test`, it runs nothing for a set that OPA would refuse to
 load (lint.py's checks): each problem is then one failed result.
+
+With coverage (`policy test --coverage`, like `opa test --coverage`), regorus
+records the lines each test's evaluation reached; the per-test reports are
+merged (a line counts as covered when any test reached it) for each policy file,
+the `_test.rego` files left out.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 import orjson
 
 from adapters.policy import lint
-from adapters.policy.bundle import build_engine, collect, error_text
+from adapters.policy.bundle import build_engine, collect, error_text, is_test_file
 from gateway.errors import PolicyCompileError
 
 
@@ -61,31 +66,73 @@ def _discover(ast_json: str) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
+@dataclass(frozen=True, slots=True)
+class FileCoverage:
+    file: str  # relative path, e.g. portcullis/decision.rego
+    covered: tuple[int, ...]
+    not_covered: tuple[int, ...]  # line numbers no test reached
+
+    @property
+    def total(self) -> int:
+        return len(self.covered) + len(self.not_covered)
+
+
 def run_policy_tests(policy_dir: Path) -> list[TestResult]:
     """Run every test rule under `policy_dir`; a set that does not load is one failed result."""
-    policy_dir = Path(policy_dir)
+    return _run(Path(policy_dir), coverage=False)[0]
+
+
+def run_policy_tests_with_coverage(policy_dir: Path) -> tuple[list[TestResult], list[FileCoverage]]:
+    """`run_policy_tests`, and the lines of each policy file the tests reached (none if the set does not load)."""
+    return _run(Path(policy_dir), coverage=True)
+
+
+def _merge_coverage(reports: list[str], modules: list[str]) -> list[FileCoverage]:
+    covered: dict[str, set[int]] = {m: set() for m in modules}
+    lines: dict[str, set[int]] = {m: set() for m in modules}
+    for text in reports:
+        for f in orjson.loads(text).get("files", []):
+            if f["path"] in lines:
+                covered[f["path"]].update(f["covered"])
+                lines[f["path"]].update(f["covered"], f["not_covered"])
+    # A file no evaluation entered at all is absent from every report: it shows with no lines
+    # (format_coverage says so) and, having none covered, counts as 0%.
+    return [FileCoverage(m, tuple(sorted(covered[m])), tuple(sorted(lines[m] - covered[m]))) for m in modules]
+
+
+def _run(policy_dir: Path, *, coverage: bool) -> tuple[list[TestResult], list[FileCoverage]]:
     try:
         files = collect(policy_dir, include_tests=True)
         problems = lint.check(files)
         if problems:
-            return [TestResult(name="check", file=p.file, passed=False, error=str(p)) for p in problems]
+            return [TestResult(name="check", file=p.file, passed=False, error=str(p)) for p in problems], []
         engine = build_engine(files)
         tests = _discover(engine.get_ast_as_json())
     except (PolicyCompileError, ValueError, KeyError) as e:
-        return [TestResult(name="load", file=str(policy_dir), passed=False, error=str(e))]
-    results = []
+        return [TestResult(name="load", file=str(policy_dir), passed=False, error=str(e))], []
+    if coverage:
+        engine.set_enable_coverage(True)  # clones inherit it; each clone keeps its own data
+    results, reports = [], []
     for name, file in tests:
-        try:
-            value = engine.clone().eval_rule(name)
-        except Exception as e:  # a runtime error in a test is that test's failure
-            results.append(TestResult(name, file, False, error_text(e)))
-            continue
-        if value is True:
-            results.append(TestResult(name, file, True))
-        else:
-            got = "undefined" if value is None else repr(value)
-            results.append(TestResult(name, file, False, f"expected true, got {got}"))
-    return results
+        clone = engine.clone()
+        results.append(_run_one(clone, name, file))
+        if coverage:
+            reports.append(clone.get_coverage_report_as_json())
+    if not coverage:
+        return results, []
+    modules = [path for path, _ in files.modules if not is_test_file(path)]
+    return results, _merge_coverage(reports, modules)
+
+
+def _run_one(engine: Any, name: str, file: str) -> TestResult:
+    try:
+        value = engine.eval_rule(name)
+    except Exception as e:  # noqa: BLE001 - a runtime error in a test is that test's failure
+        return TestResult(name, file, False, error_text(e))
+    if value is True:
+        return TestResult(name, file, True)
+    got = "undefined" if value is None else repr(value)
+    return TestResult(name, file, False, f"expected true, got {got}")
 
 
 def format_results(results: list[TestResult]) -> tuple[str, int]:
@@ -103,3 +150,45 @@ def format_results(results: list[TestResult]) -> tuple[str, int]:
     if not results:
         lines.append("no tests found")
     return "\n".join(lines), 0 if results and failed == 0 else 1
+
+
+def _ranges(lines: tuple[int, ...]) -> str:
+    """(3, 4, 5, 9) -> "3-5, 9"."""
+    out: list[str] = []
+    start = prev = None
+    for n in [*lines, None]:
+        if start is not None and (n is None or n != prev + 1):
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if start is None:
+            start = n
+        prev = n
+    return ", ".join(out)
+
+
+def coverage_percent(files: list[FileCoverage]) -> float:
+    total = sum(f.total for f in files)
+    return 100.0 * sum(len(f.covered) for f in files) / total if total else 0.0
+
+
+def format_coverage(files: list[FileCoverage], min_coverage: float | None = None) -> tuple[str, int]:
+    """Per policy file `covered/total lines (P%)` and the lines never reached, a total;
+    exit code 1 when the total is under `min_coverage` (percent)."""
+    lines = ["coverage:"]
+    for f in files:
+        if not f.total:
+            lines.append(f"  {f.file}: no line reached by any test")
+            continue
+        pct = 100.0 * len(f.covered) / f.total
+        text = f"  {f.file}: {len(f.covered)}/{f.total} lines ({pct:.1f}%)"
+        if f.not_covered:
+            text += f", not reached: {_ranges(f.not_covered)}"
+        lines.append(text)
+    pct = coverage_percent(files)
+    covered, total = sum(len(f.covered) for f in files), sum(f.total for f in files)
+    lines.append(f"total: {covered}/{total} lines ({pct:.1f}%)")
+    # A file no test entered counts against the minimum even though its lines are unknown.
+    short = min_coverage is not None and (pct < min_coverage or (min_coverage > 0 and any(not f.total for f in files)))
+    if short:
+        lines.append(f"coverage {pct:.1f}% is under the minimum {min_coverage:g}%")
+    return "\n".join(lines), 1 if short else 0

@@ -22,7 +22,8 @@ async def _restart(server: RedisProcess) -> None:
 
 
 async def _warm(lim: RedisRateLimiter, limits: Limits) -> None:
-    # Concurrent reserves each take a connection of their own: the pool holds WARM of them.
+    # Concurrent reserves go out as one batch on a connection the limiter keeps between batches:
+    # after the restart below, that kept connection is stale and must be checked before reuse.
     results = await asyncio.gather(*[lim.reserve(f"warm{i}", limits, 1) for i in range(WARM)])
     assert all(r.allowed for r in results)
 
