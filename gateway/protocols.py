@@ -35,6 +35,8 @@ class PolicyEngine(Protocol):
     def vocabulary(self) -> Vocabulary: ...  # the tiers and maturities of the loaded set
     @property
     def lifecycle(self) -> LifecycleRules: ...  # the loaded set's lifecycle thresholds (contract 6)
+    @property
+    def argument_rules(self) -> frozenset[tuple[str, str]]: ...  # (server, tool) whose calls carry arguments
 
     async def start(self) -> None: ...
     def evaluate(self, policy_input: Mapping[str, Any]) -> Decision: ...

@@ -169,6 +169,20 @@ def tier_obligations(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
             if _TIER_KEY.fullmatch(str(k)) and isinstance(v, dict) and isinstance(v.get("obligations"), dict)}
 
 
+def argument_rules(data: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    """The (server, tool) pairs whose tool.call input carries the call's arguments: those a
+    policy author opted in (data.portcullis.config.tool_servers[server].argument_rules[tool]
+    is true). Every other tool keeps its argument-free, cached decision."""
+    cfg = data.get("portcullis")
+    cfg = cfg.get("config") if isinstance(cfg, dict) else None
+    servers = cfg.get("tool_servers") if isinstance(cfg, dict) else None
+    if not isinstance(servers, dict):
+        return frozenset()
+    return frozenset((server, tool) for server, entry in servers.items() if isinstance(entry, dict)
+                     and isinstance(rules := entry.get("argument_rules"), dict)
+                     for tool, on in rules.items() if on is True)
+
+
 def lifecycle_rules(data: dict[str, Any]) -> LifecycleRules:
     """The set's lifecycle thresholds (data.portcullis.config.lifecycle); PolicyCompileError if malformed."""
     cfg = data.get("portcullis")

@@ -36,6 +36,7 @@ from opa_client.opa_async import AsyncOpaClient
 from adapters.policy import lint
 from adapters.policy.bundle import (
     PolicyFiles,
+    argument_rules,
     build_engine,
     collect,
     lifecycle_rules,
@@ -109,6 +110,7 @@ class OPAEngine:
         self._vocab = Vocabulary()
         self._lifecycle = LifecycleRules()
         self._obligations: dict[int, dict[str, Any]] = {}  # tier -> obligations, from data.json
+        self._argument_rules: frozenset[tuple[str, str]] = frozenset()  # from data.json, per loaded set
         self.problem: str | None = "OPA not contacted yet"  # for /readyz; None when usable
         self._lock = asyncio.Lock()
         self._stop: asyncio.Event | None = None
@@ -128,6 +130,11 @@ class OPAEngine:
     def lifecycle(self) -> LifecycleRules:
         return self._lifecycle
 
+    @property
+    def argument_rules(self) -> frozenset[tuple[str, str]]:
+        """(server, tool) pairs whose tool.call input carries the call's arguments."""
+        return self._argument_rules
+
     def tier_obligations(self, tier: int) -> dict[str, Any]:
         """The tier's obligations in the mounted data (the emergency bypass's limits)."""
         return self._obligations.get(tier, {})
@@ -144,6 +151,7 @@ class OPAEngine:
                 self._dir_revision, self._vocab = files.revision, vocabulary(files.data)
                 self._lifecycle = lifecycle_rules(files.data)
                 self._obligations = tier_obligations(files.data)
+                self._argument_rules = argument_rules(files.data)
             self._client = BoundedOpaClient(self._opa.url, self._opa.timeout_s, self._opa.max_connections)
             await self._client._init_session()
         except BaseException:
@@ -182,6 +190,7 @@ class OPAEngine:
                 return self.revision
             self._dir_revision, self._vocab, self._lifecycle = files.revision, vocab, rules
             self._obligations = tier_obligations(files.data)
+            self._argument_rules = argument_rules(files.data)
         log.info("policy directory changed, revision %s", self.revision)
         self._notify(self.revision, None)
         return self.revision

@@ -27,6 +27,7 @@ import regorus
 from adapters.policy import compiled, lint
 from adapters.policy.bundle import (
     PolicyFiles,
+    argument_rules,
     build_engine,
     collect,
     error_text,
@@ -69,6 +70,7 @@ class _Active:
     files: Any = None  # the PolicyFiles it was built from, to compile its program
     vm: Any = None  # regorus.Rvm once the set's program agrees with the interpreter
     lifecycle: LifecycleRules = field(default_factory=LifecycleRules)  # the set's lifecycle thresholds
+    argument_rules: frozenset[tuple[str, str]] = frozenset()  # (server, tool) whose calls carry arguments
 
 
 def _read(policy_dir: Path) -> PolicyFiles:
@@ -171,6 +173,11 @@ class RegorusEngine:
     @property
     def lifecycle(self) -> LifecycleRules:
         return self._active.lifecycle if self._active else LifecycleRules()
+
+    @property
+    def argument_rules(self) -> frozenset[tuple[str, str]]:
+        """(server, tool) pairs whose tool.call input carries the call's arguments."""
+        return self._active.argument_rules if self._active else frozenset()
 
     def tier_obligations(self, tier: int) -> dict[str, Any]:
         """The tier's obligations in the loaded data (the emergency bypass's limits; rare)."""
@@ -279,7 +286,8 @@ class RegorusEngine:
             raise PolicyCompileError("the policy data's tiers and maturities leave out: " + "; ".join(misfits))
         rules = lifecycle_rules(files.data)  # bad lifecycle data rejects the set, like a bad vocabulary
         engine = build_engine(files)  # here, on the loop thread that will use it
-        active = _Active(engine, files.revision, vocab, files, lifecycle=rules)
+        active = _Active(engine, files.revision, vocab, files, lifecycle=rules,
+                         argument_rules=argument_rules(files.data))
         try:
             self._evaluate(active, smoke_input(vocab))
         except PolicyError as e:

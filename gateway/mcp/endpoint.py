@@ -119,9 +119,12 @@ class MCPHandler:
                 raise JSONRPCError("invalid params: a tool name must not contain control characters",
                                    jsonrpc.INVALID_PARAMS)
             ex.resource_type, ex.resource_name = "tool", name[:200]
+            args, problem = s.tools.policy_arguments(server, name, params.get("arguments"))
+            if problem is not None:  # the tool's policy reads its arguments: they must be readable
+                raise JSONRPCError(f"invalid params: {problem}", jsonrpc.INVALID_PARAMS, code="invalid_arguments")
             ann = await s.tools.annotations(server, name)
             [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
-                ex.agent, ex.principal.auth, surface.NAME, [(server, name, ann)], ex.trace)
+                ex.agent, ex.principal.auth, surface.NAME, [(server, name, ann)], ex.trace, arguments=[args])
         else:
             res = actions.resource_for(action, server, params)
             ex.resource_type = res["type"]

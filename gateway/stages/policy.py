@@ -125,6 +125,11 @@ class PolicyStage:
                     await self._cache.set(keys[i], replace(decision, cache_hit=True), decision.cache_ttl_s)
         return [(d, dg) for d, dg in zip(out, digests)]  # type: ignore[misc]
 
+    def argument_rules(self) -> frozenset[tuple[str, str]]:
+        """(server, tool) pairs whose tool.call input carries the call's arguments (the loaded set's
+        opt-in, contract 2); read per call so a reload takes effect at once."""
+        return self._engine.argument_rules
+
     def use_switches(self, bypassed: Callable[[str], str | None] | None) -> None:
         """Follow the lifecycle's switches (`Switches.bypass_reason`: why a surface skips policy now,
         or None); set once, when the app is built."""

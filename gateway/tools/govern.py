@@ -3,22 +3,46 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
 
 from gateway.errors import GatewayError
 from gateway.settings import ToolsSettings
-from gateway.tools.catalog import ToolCatalog
 from gateway.stages.policy import PolicyStage, policy_input
+from gateway.tools.catalog import ToolCatalog
 from gateway.tracing import RequestTrace
 from gateway.types import Agent, Decision
 
 log = logging.getLogger("portcullis.tools")
 HTTP_SERVER = "http"  # the `server` of every plain HTTP tool in the policy input
 _MCP_PREFIX = re.compile(r"^mcp__(.+?)__(.+)$")
+# Arguments in a policy input are bounded: they are hashed, evaluated and audited per call.
+MAX_ARGUMENT_BYTES = 16384
 
 
-def tool_resource(server: str, name: str, annotations: dict[str, bool] | None) -> dict[str, Any]:
-    return {"type": "tool", "name": name, "server": server, "annotations": dict(annotations or {})}
+def tool_resource(server: str, name: str, annotations: dict[str, bool] | None,
+                  arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tool.call resource; `arguments` only for a tool whose server opted it in to argument
+    rules (contract 2): every other input stays argument-free, so its decision stays cached."""
+    res = {"type": "tool", "name": name, "server": server, "annotations": dict(annotations or {})}
+    if arguments is not None:
+        res["arguments"] = arguments
+    return res
+
+
+def argument_problem(arguments: Any) -> str | None:
+    """Why a call's arguments cannot go into a policy input (None when they can)."""
+    if not isinstance(arguments, dict):
+        return "tool arguments must be a JSON object"
+    try:
+        size = len(orjson.dumps(arguments))
+    except TypeError:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+        return "tool arguments must be plain JSON (integers within 64 bits)"
+    if size > MAX_ARGUMENT_BYTES:
+        return f"tool arguments are larger than {MAX_ARGUMENT_BYTES} bytes"
+    return None
 
 
 class ToolGovernor:
@@ -68,17 +92,30 @@ class ToolGovernor:
         return {fn: "; ".join(d.reasons) or "denied by policy"
                 for fn, (d, _, _) in zip(governed, decisions) if not self.reachable(d)}
 
+    def policy_arguments(self, server: str, tool: str, raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+        """(the arguments a tool.call input carries, why they are refused): (None, None) for a tool
+        with no argument rules, whose input stays as it was; absent arguments count as {}."""
+        if (server, tool) not in self.policy.argument_rules():
+            return None, None
+        args = {} if raw is None else raw
+        problem = argument_problem(args)
+        return (None, problem) if problem is not None else (args, None)
+
     def http_annotations(self, name: str) -> dict[str, bool]:
         return dict(self.settings.http[name].annotations)
 
     async def decide(self, agent: Agent, auth: str, api: str,
                      tools: Iterable[tuple[str, str, dict[str, bool] | None]],
-                     trace: RequestTrace | None = None) -> list[tuple[Decision, str, dict]]:
+                     trace: RequestTrace | None = None, *,
+                     arguments: Sequence[dict[str, Any] | None] = ()) -> list[tuple[Decision, str, dict]]:
         """(decision, input digest, input) per (server, tool, annotations), in one policy batch
-        (a "policy" span of `trace` when the request is traced)."""
-        docs = [policy_input(agent, auth, "tool.call", tool_resource(server, name, ann),
+        (a "policy" span of `trace` when the request is traced). `arguments`, when given, holds
+        each call's policy_arguments(); listings and declared chat tools pass none."""
+        tools = list(tools)
+        args = list(arguments) or [None] * len(tools)
+        docs = [policy_input(agent, auth, "tool.call", tool_resource(server, name, ann, arg),
                              {"api": api, "stream": False})
-                for server, name, ann in tools]
+                for (server, name, ann), arg in zip(tools, args, strict=True)]
         if not docs:
             return []
         return [(d, dg, doc) for (d, dg), doc in zip(await self.policy.decide_many(docs, trace), docs)]

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.breaker import through
-from gateway.errors import NotFound
+from gateway.errors import InvalidRequest, NotFound
 from gateway.exchange import Call
 from gateway.http import send_bytes
 from gateway.services import Services
@@ -54,9 +54,12 @@ class HTTPToolHandler:
         if tool is None or s.tools is None:
             raise NotFound(f"the tool {name} does not exist or is not served by this gateway", code="tool_not_found")
         args = load_json_object(call.body, s.settings.server.max_json_depth) if call.body else {}
+        policy_args, problem = s.tools.policy_arguments(HTTP_SERVER, name, args)
+        if problem is not None:  # the tool's policy reads its arguments: they must be readable
+            raise InvalidRequest(problem, code="invalid_arguments")
         [(ex.decision, ex.input_digest, ex.policy_input)] = await s.tools.decide(
             ex.agent, ex.principal.auth, surface.NAME, [(HTTP_SERVER, name, s.tools.http_annotations(name))],
-            ex.trace)
+            ex.trace, arguments=[policy_args])
         if not ex.decision.allow:  # raises, unless an approval it presents lets it through
             await refuse_denied(s, call, code="tool_not_allowed", arguments=args)
         permit = await reserve(s, call, 0, s.breakers.tool(name))
