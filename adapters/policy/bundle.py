@@ -33,6 +33,7 @@ class PolicyFiles:
     revision: str  # sha256 over the sorted (relative path, bytes) of the files read
     documents: tuple[tuple[str, Any], ...] = ()  # (relative path, parsed) of each data.json
     schemas: tuple[tuple[str, Any], ...] = ()  # (relative path, parsed) of each data.schema.json
+    texts: tuple[tuple[str, str], ...] = ()  # (relative path, text) of each data.json, to name lines
 
 
 def is_test_file(path: str) -> bool:
@@ -115,6 +116,7 @@ def collect(policy_dir: Path, *, include_tests: bool = False) -> PolicyFiles:
     data: dict[str, Any] = {}
     documents: list[tuple[str, Any]] = []
     schemas: list[tuple[str, Any]] = []
+    texts: list[tuple[str, str]] = []
     for name, content in files:
         # Length-prefixed so no two different file sets hash the same.
         for part in (name.encode(), content):
@@ -127,6 +129,7 @@ def collect(policy_dir: Path, *, include_tests: bool = False) -> PolicyFiles:
                 schemas.append((name, orjson.loads(content)))
             else:
                 documents.append((name, orjson.loads(content)))
+                texts.append((name, content.decode("utf-8")))
                 _mount(data, name, orjson.loads(content))  # its own copy: merging mutates it
         except UnicodeDecodeError as e:
             raise PolicyCompileError(f"{name}: not UTF-8 text: {e}") from e
@@ -134,7 +137,8 @@ def collect(policy_dir: Path, *, include_tests: bool = False) -> PolicyFiles:
             raise PolicyCompileError(f"{name}: invalid JSON: {e}") from e
     if not modules:
         raise PolicyCompileError(f"no .rego files in {policy_dir}")
-    return PolicyFiles(tuple(modules), data, digest.hexdigest(), tuple(documents), tuple(schemas))
+    return PolicyFiles(tuple(modules), data, digest.hexdigest(), tuple(documents), tuple(schemas),
+                       tuple(texts))
 
 
 def vocabulary(data: dict[str, Any]) -> Vocabulary:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from adapters.policy import lint_data
 from adapters.policy.bundle import (
     PolicyFiles,
     build_engine,
@@ -42,6 +42,8 @@ _PACKAGE_SCOPES = ("package", "subpackages")
 # `#` inside one is not taken for a comment.
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
 _STATEMENT = re.compile(r"(package|import)\b")
+_REGORUS_AT = re.compile(r"--> (\S+?):(\d+):\d+")
+_REGORUS_ERROR = re.compile(r"^error: (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,24 +222,8 @@ def annotation_problems(name: str, source: str) -> list[Problem]:
 
 
 def data_problems(files: PolicyFiles) -> list[Problem]:
-    """Each data.json checked against the data.schema.json beside it."""
-    documents = dict(files.documents)
-    problems = []
-    for schema_name, schema in files.schemas:
-        data_name = schema_name.removesuffix("data.schema.json") + "data.json"
-        try:
-            cls = jsonschema.validators.validator_for(schema)
-            cls.check_schema(schema)
-        except jsonschema.SchemaError as e:
-            problems.append(Problem(schema_name, None, f"not a valid JSON Schema: {e.message}"))
-            continue
-        if data_name not in documents:
-            problems.append(Problem(schema_name, None, f"no {data_name} beside this schema"))
-            continue
-        for error in sorted(cls(schema).iter_errors(documents[data_name]), key=lambda e: list(map(str, e.path))):
-            where = "/".join(str(p) for p in error.path) or "(root)"
-            problems.append(Problem(data_name, None, f"{where}: {error.message}"))
-    return problems
+    """Each data.json checked against the data.schema.json beside it, at the line of the failing value."""
+    return lint_data.schema_problems(files, Problem)
 
 
 def check(files: PolicyFiles) -> list[Problem]:
@@ -248,13 +234,21 @@ def check(files: PolicyFiles) -> list[Problem]:
         try:
             parse(files.data)
         except PolicyCompileError as e:
-            problems.append(Problem("data", None, str(e)))
-    return problems
+            problems.append(Problem(*lint_data.config_problem(files, e), str(e)))
+    return problems + lint_data.action_problems(files, Problem)
 
 
 def raise_for(problems: list[Problem]) -> None:
     if problems:
         raise PolicyCompileError("; ".join(map(str, problems)))
+
+
+def located(message: str) -> str:
+    """regorus' `--> file:row:col` snippet ... `error: reason` as one `file:row: reason` line."""
+    where, reason = _REGORUS_AT.search(message), _REGORUS_ERROR.search(message)
+    if where is None or reason is None:
+        return message
+    return f"{where.group(1)}:{where.group(2)}: Rego syntax error: {reason.group(1).strip()}"
 
 
 def check_policy_dir(policy_dir: Path) -> tuple[list[str], Vocabulary]:
@@ -266,7 +260,7 @@ def check_policy_dir(policy_dir: Path) -> tuple[list[str], Vocabulary]:
             return problems, Vocabulary()
         build_engine(files)  # Rego syntax, on the embedded engine
     except PolicyCompileError as e:
-        return [str(e)], Vocabulary()
+        return [located(str(e))], Vocabulary()
     return [], vocabulary(files.data)
 
 

@@ -180,7 +180,7 @@ def test_policy_check_cli(policy_copy: Path, capsys: pytest.CaptureFixture[str])
     assert main(["policy", "check", str(policy_copy)]) == 1
     err = capsys.readouterr().err
     assert f"{TIERS}:{line}: METADATA is not valid YAML" in err
-    assert f"{DATA}: action_complexity/llm.chat: 5 is greater than the maximum of 4" in err
+    assert f"{DATA}:20: action_complexity/llm.chat: 5 is greater than the maximum of 4" in err
     assert "2 problem(s)" in err
 
 
@@ -208,7 +208,7 @@ def test_policy_test_cli_refuses_data_breaking_the_schema(policy_copy: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     edit_data(policy_copy, lambda d: d["action_complexity"].update({"llm.chat": "2"}))
     assert main(["policy", "test", str(policy_copy)]) == 1
-    assert f"FAIL check ({DATA}): {DATA}: action_complexity/llm.chat: '2' is not of type 'integer'" in (
+    assert f"FAIL check ({DATA}): {DATA}:20: action_complexity/llm.chat: '2' is not of type 'integer'" in (
         capsys.readouterr().out)
 
 
@@ -246,7 +246,7 @@ async def test_hot_reload_rejects_and_keeps_the_old_set(policy_copy: Path, break
             expected = f"{TIERS}:"
         else:  # chat at complexity 1 would let a student chat; the schema refuses 0
             edit_data(policy_copy, lambda d: d["action_complexity"].update({"llm.chat": 0}))
-            expected = f"{DATA}: action_complexity/llm.chat: 0 is less than the minimum of 1"
+            expected = f"{DATA}:20: action_complexity/llm.chat: 0 is less than the minimum of 1"
         await eventually_async(lambda: recorder.calls, "the watcher to try the edited set", interval=0.05)
         [(revision, exc)] = recorder.calls
         assert revision is None and expected in str(exc)
