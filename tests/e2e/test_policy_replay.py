@@ -153,7 +153,7 @@ def test_broken_candidate_or_bad_arguments_exit_2(tmp_path):
         f.write("\nbroken if {\n  x := \n}\n")
     r = cli(str(broken), "--config", "config/quickstart.yaml")
     assert r.returncode == 2 and r.stdout == ""
-    assert f"candidate {broken}: --> portcullis/tiers/tiers.rego:" in r.stderr, r.stderr
+    assert f"candidate {broken}: portcullis/tiers/tiers.rego:79: Rego syntax error" in r.stderr, r.stderr
     bad_data = candidate(tmp_path / "bad-data")
     data_file = bad_data / "portcullis" / "config" / "data.json"
     data_file.write_text(data_file.read_text().replace('"cache_ttl_s": 60', '"cache_ttl_s": "soon"'))
