@@ -1,9 +1,9 @@
-"""python -m bench run | micro | profile | ab | fuzz | replay  (see docs/performance.md)."""
+"""python -m bench run | micro | profile | ab | fuzz | replay | console  (see docs/performance.md)."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     fuzz_arguments(sub.add_parser("fuzz", help="fuzz the request parsers and SSE usage readers (not in CI)"))
     from bench.replay import add_arguments as replay_arguments
     replay_arguments(sub.add_parser("replay", help="time `policy replay` over a big recorded SQLite audit log"))
+    from bench.console import add_arguments as console_arguments
+    console_arguments(sub.add_parser("console", help="time the console's pages over a big PostgreSQL audit table"))
     return p
 
 
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         from bench.replay import main as replay
         return replay(args)
+    if args.command == "console":
+        from bench.console import main as console
+        return console(args)
     if args.command == "ab":
         from bench.ab import main as ab
         return ab(args)

@@ -45,7 +45,10 @@ EXPERIMENTS = {
                     "instead of the file mapping (what the file's page faults cost)",
     "no_lifecycle": "lifecycle.enabled false: what the agent lifecycle (issue 11: revocation check, "
                     "error-budget counting, its SQLite store) costs (on by default)",
-    "all": "every change above except the upper bounds, no_lifecycle, the journal and the tracing ones",
+    "shadow": "policy.shadow on at sample 1.0, the serving set as the candidate: every request also decided "
+              "off the request path by a second engine (issue 12)",
+    "shadow_10pct": "policy.shadow on at sample 0.1",
+    "all": "every change above except the upper bounds, no_lifecycle, shadow, the journal and the tracing ones",
 }
 JOURNAL = {"no_journal": ("journal", False), "journal_fsync": ("journal_fsync", True)}
 TRACING = {"tracing": 1.0, "tracing_unsampled": 0.0}  # experiment -> sample_ratio
@@ -132,7 +135,8 @@ def _journal_anon() -> None:
 def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     """Patches that must happen before create_app; returns uvicorn option overrides."""
     if "all" in names:
-        names |= set(EXPERIMENTS) - {"all", "null_audit_store", "journal_anon", "no_lifecycle", *TRACING, *JOURNAL}
+        names |= set(EXPERIMENTS) - {"all", "null_audit_store", "journal_anon", "no_lifecycle", "shadow",
+                                      "shadow_10pct", *TRACING, *JOURNAL}
     if "request_id" in names:
         _request_id()
     if "audit_row_fast" in names:
@@ -149,6 +153,10 @@ def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     for name in names & set(TRACING):  # the driver starts the sink and names it in the environment
         settings_doc["tracing"] = {"enabled": True, "sample_ratio": TRACING[name],
                                    "endpoint": os.environ["BENCH_OTLP_ENDPOINT"]}
+    for name, sample in (("shadow", 1.0), ("shadow_10pct", 0.1)):
+        if name in names:
+            policy = settings_doc.setdefault("policy", {})
+            policy["shadow"] = {"dir": policy["dir"], "sample": sample}
     if "no_lifecycle" in names:
         settings_doc["lifecycle"] = {"enabled": False}
     if "no_hot_reload" in names:

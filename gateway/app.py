@@ -32,6 +32,7 @@ from gateway.readiness import Check, Readiness, Reconnector, dependency_checks
 from gateway.routing import ModelRouter
 from gateway.services import RequestIds, Services
 from gateway.settings import ConfigError, Settings
+from gateway.shadow.runner import ShadowRunner
 from gateway.stages.identity import IdentityResolver
 from gateway.stages.limits import LimitStage
 from gateway.stages.policy import PolicyStage
@@ -62,6 +63,9 @@ def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[S
         metrics.on_policy_reload(revision, error)
         if error is not None:
             emit("policy.reload_rejected", "HIGH", {"error": str(error)[:2000]})
+        elif lifecycle is not None:  # an accepted reload (start is not one): the policy page lists both kinds
+            emit("policy.reloaded", "LOW", {"revision": revision, "replica": lifecycle.replica["replica_id"]})
+            lifecycle.heartbeat_soon()  # the replica list shows the new revision now
 
     # The tiers and maturities are the loaded policy's: a set that drops one an agent has is
     # refused (at start too), and so are an agents file and JWT claims that step outside them.
@@ -127,16 +131,36 @@ def build_services(settings: Settings, clock: Clock = time.monotonic) -> tuple[S
         sessions=sessions,
         request_ids=request_ids,
         lifecycle=lifecycle,
+        shadow=build_shadow(settings, writer.submit, metrics, emit),
     )
     # Start order: audit first (so every request can be recorded), the lifecycle after the
     # policy engine (its rules), upstreams last; the admin listener once everything serves.
-    backends = [store, writer, services.bodies, engine, *lifecycle_backends, cache, limiter, sessions, agents,
-                *sources, *upstreams.values(), *transports.values()]
+    # The shadow runner closes before the writer: it hands over the rows it still holds.
+    shadow = [services.shadow] if services.shadow is not None else []
+    backends = [store, writer, services.bodies, engine, *shadow, *lifecycle_backends, cache, limiter, sessions,
+                agents, *sources, *upstreams.values(), *transports.values()]
     if (admin := admin_listener(settings, services)) is not None:
         backends.append(admin)
     if tracer is not None:  # closed last: a slow collector must not delay the audit flush
         backends.insert(0, tracer)
     return services, backends, (store, engine)
+
+
+def build_shadow(settings: Settings, submit: Any, metrics: Metrics, emit: Any) -> ShadowRunner | None:
+    """policy.shadow: the candidate set on the embedded engine, whatever backend serves."""
+    shadow = settings.policy.shadow
+    if shadow is None:
+        return None
+    runner: ShadowRunner | None = None
+
+    def on_reload(revision: str | None, error: Exception | None) -> None:
+        if runner is not None:
+            runner.on_reload(revision, error)
+
+    engine = registry.load("policy", "regorus")(settings.policy.model_copy(update={"shadow": None}),
+                                                settings.path(shadow.dir), on_reload=on_reload)
+    runner = ShadowRunner(shadow, engine, submit, metrics.registry, emit)
+    return runner
 
 
 def build_lifecycle(settings: Settings, overlay: Overlay, engine: Any, directory: AgentDirectory,

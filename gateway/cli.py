@@ -1,4 +1,4 @@
-"""`portcullis serve | check-config | policy test|check|replay | audit tail|verify|export | keys new | demo mcp-server`,
+"""`portcullis serve | check-config | policy test|check|replay|shadow-report | audit tail|verify|export | keys new | demo mcp-server`,
 and the operator commands `agents | approvals | proposals | events | bypass | report | admin-token` (gateway/admin/cli.py)."""
 from __future__ import annotations
 
@@ -228,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
         add_parser as add_replay,  # `policy replay` (gateway/replay/)
     )
     add_replay(pol, default_config)
+    from gateway.shadow.report import add_parser as add_shadow_report  # `policy shadow-report`
+    add_shadow_report(pol, default_config)
 
     # --config before or after the subcommand: `audit --config X tail` = `audit tail --config X`.
     audit = sub.add_parser("audit", help="audit log tools")

@@ -247,11 +247,17 @@ async def finish(s: Services, surface: str, ex: Exchange) -> None:
             await s.limits.settle(ex.reservation, ex.usage)
         except Exception:
             log.exception("settling a reservation failed", extra={"request_id": ex.request_id})
+    # Shadow mode takes a sampled row and submits it once its shadow decision is made.
+    shadow = s.shadow
     if ex.trace is None:
-        s.audit.submit(ex.final_event())
+        event = ex.final_event()
+        if shadow is None or not shadow.offer(event, ex.decision):
+            s.audit.submit(event)
     else:
         with ex.trace.child("audit.enqueue"):
-            s.audit.submit(ex.final_event())
+            event = ex.final_event()
+            if shadow is None or not shadow.offer(event, ex.decision):
+                s.audit.submit(event)
         end_request(ex)
     observe(s, surface, ex)
     if s.lifecycle is not None:  # the error budget: classified here, counted off the request path

@@ -86,8 +86,26 @@ class AuditStore(Protocol):
     # the store (ts as ISO-8601 UTC bounds, since inclusive, until exclusive), streamed in chunks,
     # as {"ts", "agent_id", "action", "policy_input" (the JSON text as stored), "input_digest",
     # "policy_revision"}: the reader parses an input only for a digest it has not seen yet.
+    # shadow=True (`policy shadow-report`): only rows the shadow set decided, each also with
+    # "decision", "reasons", "shadow_decision" (JSON text or parsed) and "shadow_revision".
     def iter_inputs(self, since: str | None = None, until: str | None = None, agent: str | None = None,
-                    action: str | None = None) -> AsyncIterator[dict[str, Any]]: ...
+                    action: str | None = None, *, shadow: bool = False) -> AsyncIterator[dict[str, Any]]: ...
+    # For the console (gateway/console): bounded reads, counts from a per-minute rollup the store
+    # keeps as rows are inserted (only rows really inserted count). Times are epoch seconds.
+    # [{"t": bucket start, "allow": n, "deny": n, "rate_limited": n, "error": n, "bypass": n}], every
+    # bucket of bucket_s (a multiple of 60, epoch-aligned) from since's up to until's, zeros included.
+    async def decision_series(self, since: float, until: float, bucket_s: int) -> list[dict[str, Any]]: ...
+    # agent id -> {"requests": n since `since`, "last_decision": str, "last_ts": epoch}
+    async def agent_activity(self, since: float) -> dict[str, dict[str, Any]]: ...
+    async def cache_hit_rate(self, since: float) -> float | None: ...  # hits / policy decisions; None: none
+    # {"p50": ms, "p99": ms} of latency_ms - upstream_ms, newest 50,000 forwarded rows since `since`
+    async def overhead_percentiles(self, since: float) -> dict[str, float | None]: ...
+    # Newest first, keyset on (ts, request_id) `before`; oldest first with `after_ts` (the live stream).
+    # Rows as {request_id, ts, agent_id, action, resource_type, resource_name, api, decision,
+    # reasons (list), status, latency_ms, upstream_ms}: no policy input, nothing a client sent.
+    async def recent_rows(self, *, limit: int = 50, before: tuple[float, str] | None = None,
+                          after_ts: float | None = None, agent: str | None = None, decision: str | None = None,
+                          api: str | None = None) -> list[dict[str, Any]]: ...
     async def writable(self) -> bool: ...
     async def aclose(self) -> None: ...
 
@@ -198,6 +216,14 @@ class LifecycleStore(Protocol):
     async def report(self, report_id: str) -> Any | None: ...
     async def flags(self) -> dict[str, Any]: ...  # runtime switches (the emergency bypass, per-surface governance)
     async def set_flag(self, name: str, value: Any) -> None: ...
+
+    # -- replicas (the console's list: which replica runs which policy revision) ---------
+    # Upsert this replica's row: at start and every refresh_s (gateway.lifecycle.runtime).
+    async def heartbeat(self, replica_id: str, host: str, pid: int, revision: str | None, started_at: float,
+                        at: float) -> None: ...
+    # [{"replica_id", "host", "pid", "revision", "started_at", "last_seen"}] seen within max_age_s
+    # of `now` (default: the clock), by replica id.
+    async def replicas(self, max_age_s: float, now: float | None = None) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable

@@ -49,3 +49,4 @@ class Services:
     request_ids: Callable[[], str] = field(default_factory=lambda: RequestIds())
     tracer: Tracer | None = None  # None when tracing is off (the default)
     lifecycle: Any = None  # gateway.lifecycle.runtime.Lifecycle; None when lifecycle.enabled is false
+    shadow: Any = None  # gateway.shadow.runner.ShadowRunner; None unless policy.shadow is set

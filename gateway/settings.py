@@ -20,6 +20,7 @@ from gateway.readiness import ReadinessSettings
 from gateway.settings_audit import AuditSettings
 from gateway.settings_lifecycle import AdminSettings, LifecycleSettings
 from gateway.settings_opa import L2CacheSettings, OPASettings, resolve_l2
+from gateway.settings_shadow import ShadowSettings
 from gateway.tracing import TracingSettings
 
 __all__ = ["ConfigError", "Settings", "check", "load_settings"]
@@ -109,6 +110,8 @@ class PolicySettings(Model):
     # derived from the set's data (see adapters/policy/compiled.py); interpreter: always.
     evaluator: Literal["compiled", "interpreter"] = "compiled"
     opa: OPASettings = OPASettings()  # backend: opa (adapters/policy/opa.py)
+    # A candidate set deciding sampled requests off the request path (gateway/shadow/); None: off.
+    shadow: ShadowSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -307,11 +310,14 @@ def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
     lifecycle = _env_secret(lifecycle, "redis_url", "lifecycle", environ, problems)
     lifecycle = lifecycle.model_copy(update={"webhooks": [
         _env_secret(w, "url", f"lifecycle.webhooks.{i}", environ, problems) for i, w in enumerate(lifecycle.webhooks)]})
+    admin = _env_secret(settings.admin, "console_secret", "admin", environ, problems)
+    if admin.console_secret is not None and len(admin.console_secret) < 32:
+        problems.append(("admin.console_secret_env", "the console secret must be at least 32 characters"))
     if problems:
         raise ConfigError(problems)
     identity = settings.identity.model_copy(update={"jwt": jwt})
     return settings.model_copy(update={"upstreams": upstreams, "identity": identity, "tools": tools,
-                                       "limits": limits, "audit": audit, "lifecycle": lifecycle,
+                                       "limits": limits, "audit": audit, "lifecycle": lifecycle, "admin": admin,
                                        "cache": settings.cache.model_copy(update={"l2": l2})})
 
 
@@ -368,6 +374,13 @@ def check(path: str | Path, environ: Mapping[str, str]) -> list[tuple[str, str]]
         problems += [("policy.dir", p) for p in policy_problems]
         problems += [("identity.agents_file", p) for a in (agents.agents if agents else ())
                      for p in vocab.agent_problems(a.id, a.tier, a.maturity)]
+    if (shadow := settings.policy.shadow) is not None:  # the candidate set: what its load would refuse
+        shadow_dir = settings.path(shadow.dir)
+        if not shadow_dir.is_dir():
+            problems.append(("policy.shadow.dir", f"not a directory: {shadow_dir}"))
+        else:
+            check_dir = registry.import_from_string("adapters.policy.lint:check_policy_dir")
+            problems += [("policy.shadow.dir", p) for p in check_dir(shadow_dir)[0]]
     for name, up in settings.upstreams.items():
         if up.api_key_env and not up.api_key:
             problems.append((f"upstreams.{name}.api_key_env",

@@ -79,3 +79,9 @@ class AdminSettings(Model):
     host: str = "127.0.0.1"  # its own listener, local by default
     port: int = Field(8081, ge=0, le=65535)
     tokens: list[AdminToken] = []
+    # The console's session-signing secret (gateway/console/session.py). The token hashes above are
+    # not secret, so they cannot sign sessions. Unset: a random key per process, so a session is
+    # good on one replica until it restarts; a fleet behind one URL gives every replica the same
+    # secret through `console_secret_env` (the variable holding it, from a Secret; it wins).
+    console_secret: str | None = Field(None, min_length=32)
+    console_secret_env: str | None = None

@@ -155,3 +155,7 @@ class AuditEvent:
     input_digest: str | None
     policy_input: Mapping[str, Any] | None
     trace_id: str | None = None  # W3C trace id (32 hex digits) when traced or sent by the client
+    # policy.shadow (gateway/shadow/): the shadow set's revision on every sampled row, and its
+    # decision ({"kind", "decision", "serving"}) only where it disagreed with the serving set.
+    shadow_decision: Mapping[str, Any] | None = None
+    shadow_revision: str | None = None

@@ -31,7 +31,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import asyncpg
 import orjson
 
-from gateway.audit.chain import ROW_FIELDS, ChainConflict, format_ts, row_from_store
+from adapters.audit.console_postgres import PostgresConsoleQueries
+from adapters.audit.pg_text import from_text as _untext
+from adapters.audit.pg_text import to_text as _text
+from gateway.audit.chain import (
+    JSON_FIELDS,
+    ROW_FIELDS,
+    ChainConflict,
+    format_ts,
+    row_from_store,
+)
 from gateway.errors import BackendError
 from gateway.settings import AuditSettings
 
@@ -40,12 +49,10 @@ _TYPES = {
     "request_id": "text NOT NULL", "tier": "integer", "stream": "boolean", "reasons": "json",
     "cache_hit": "boolean", "status": "integer", "latency_ms": "double precision",
     "upstream_ms": "double precision", "input_tokens": "bigint", "output_tokens": "bigint",
-    "policy_input": "json", "prev_hash": "text NOT NULL", "hash": "text NOT NULL",
+    "policy_input": "json", "shadow_decision": "json", "prev_hash": "text NOT NULL", "hash": "text NOT NULL",
 }
 _COLUMNS = ", ".join(ROW_FIELDS)
-_JSON_FIELDS = ("reasons", "policy_input")
 _TEXT_FIELDS = frozenset(f for f in ROW_FIELDS if f not in _TYPES) | {"chain_id", "request_id"}
-_MARK = "\ue000"
 _STAGE = "portcullis_audit_stage"
 _PAGE = 1000
 _CHUNK = 5000  # iter_inputs: rows per cursor fetch
@@ -62,22 +69,6 @@ _STAGE_DDL = (
     + ") ON COMMIT DELETE ROWS; END IF; END $$")
 
 
-def _text(v: Any) -> Any:
-    if isinstance(v, str) and ("\x00" in v or v.startswith(_MARK)):
-        return _MARK + orjson.dumps(v).decode()
-    return v
-
-
-def _untext(v: Any) -> Any:
-    if isinstance(v, str) and v.startswith(_MARK):
-        try:
-            s = orjson.loads(v[1:])
-        except orjson.JSONDecodeError:
-            return v  # not ours (edited by hand): left as is, so verify reports it
-        return s if isinstance(s, str) else v
-    return v
-
-
 def _row(record: asyncpg.Record) -> dict[str, Any]:
     return row_from_store({f: _untext(v) if f in _TEXT_FIELDS else v for f, v in record.items()})
 
@@ -91,7 +82,7 @@ def _ts(v: Any) -> Any:
 
 
 # Per column, in ROW_FIELDS order: how a value is encoded for the table (None: as is).
-_ENCODE = tuple(_json if f in _JSON_FIELDS else _ts if f == "ts" else _text if f in _TEXT_FIELDS else None
+_ENCODE = tuple(_json if f in JSON_FIELDS else _ts if f == "ts" else _text if f in _TEXT_FIELDS else None
                 for f in ROW_FIELDS)
 
 
@@ -128,7 +119,7 @@ def _where(dsn: str) -> str:
         return "(unparseable dsn)"
 
 
-class PostgresAuditStore:
+class PostgresAuditStore(PostgresConsoleQueries):
     dependency = "postgres"  # gateway.readiness.Dependency: probed by /readyz, reconnected at boot
 
     def __init__(self, settings: AuditSettings, path: Path | None = None) -> None:
@@ -202,6 +193,7 @@ class PostgresAuditStore:
                         await conn.execute(stmt)
                 else:
                     await self._add_missing_columns(conn)
+                await self._console_schema(conn)  # rollup tables, trigger, indexes (console_postgres.py)
         except (*_ERRORS, ValueError) as e:
             err = self._error("start failed", e)
             self._down = str(err)
@@ -326,7 +318,7 @@ class PostgresAuditStore:
                 page = await self._fetch(self._chain_next, key, last["seq"])
 
     async def iter_inputs(self, since: str | None = None, until: str | None = None, agent: str | None = None,
-                          action: str | None = None) -> AsyncIterator[dict[str, Any]]:
+                          action: str | None = None, *, shadow: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Decided inputs for `policy replay` (see AuditStore.iter_inputs), filtered by the server
         and read through a server-side cursor, a chunk at a time, in one read-only transaction
         (one consistent snapshot while the writers keep appending)."""
@@ -336,16 +328,23 @@ class PostgresAuditStore:
             if v is not None:
                 args.append(v)
                 where.append(f"{cond} ${len(args)}")
-        sql = (f"SELECT ts, agent_id, action, policy_input, input_digest, policy_revision FROM {self._table} "
-               f"WHERE {' AND '.join(where)}")
+        cols = "ts, agent_id, action, policy_input, input_digest, policy_revision"
+        if shadow:  # `policy shadow-report`: sampled rows, with the serving and the shadow decision
+            where.append("shadow_revision IS NOT NULL")
+            cols += ", decision, reasons, shadow_decision, shadow_revision"
+        sql = f"SELECT {cols} FROM {self._table} WHERE {' AND '.join(where)}"
         pool = self._pool_or_fail()
         try:
             async with pool.acquire(timeout=self._timeout) as conn, conn.transaction(readonly=True):
                 cur = await conn.cursor(sql, *args)
                 while rows := await cur.fetch(_CHUNK):
                     for r in rows:
-                        yield {"ts": format_ts(r[0]), "agent_id": _untext(r[1]), "action": _untext(r[2]),
+                        row = {"ts": format_ts(r[0]), "agent_id": _untext(r[1]), "action": _untext(r[2]),
                                "policy_input": r[3], "input_digest": _untext(r[4]),
                                "policy_revision": _untext(r[5])}
+                        if shadow:
+                            row.update(decision=_untext(r[6]), reasons=r[7], shadow_decision=r[8],
+                                       shadow_revision=_untext(r[9]))
+                        yield row
         except _ERRORS as e:
             raise self._error("read failed", e)

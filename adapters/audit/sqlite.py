@@ -19,7 +19,8 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import aiosqlite
 import orjson
 
-from gateway.audit.chain import ROW_FIELDS, ChainConflict, row_from_store
+from adapters.audit.console_sqlite import SQLiteConsoleQueries
+from gateway.audit.chain import JSON_FIELDS, ROW_FIELDS, ChainConflict, row_from_store
 from gateway.errors import BackendError
 from gateway.settings import AuditSettings
 
@@ -42,6 +43,8 @@ _INSERT = f"INSERT OR IGNORE INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' 
 _JSON = orjson.OPT_SORT_KEYS
 # `iter_inputs`: the columns `policy replay` reads, fetched this many rows at a time.
 INPUT_FIELDS = ("ts", "agent_id", "action", "policy_input", "input_digest", "policy_revision")
+# ... and with `shadow=True` (`policy shadow-report`), the serving decision and the shadow's.
+SHADOW_FIELDS = ("decision", "reasons", "shadow_decision", "shadow_revision")
 _CHUNK = 5000
 
 
@@ -49,7 +52,7 @@ def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
     out = []
     for f in ROW_FIELDS:
         v = row[f]
-        if f in ("reasons", "policy_input") and v is not None:
+        if f in JSON_FIELDS and v is not None:
             v = orjson.dumps(v, option=_JSON).decode()
         elif isinstance(v, bool):
             v = int(v)
@@ -57,7 +60,7 @@ def _values(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-class SQLiteAuditStore:
+class SQLiteAuditStore(SQLiteConsoleQueries):
     def __init__(self, settings: AuditSettings, path: Path, *, busy_timeout_ms: int = 2000) -> None:
         self._settings = settings
         self._path = Path(path)
@@ -81,6 +84,7 @@ class SQLiteAuditStore:
             for stmt in _SCHEMA:
                 await self._writer.execute(stmt)
             await _add_missing_columns(self._writer)
+            await self._console_schema()  # rollup tables, trigger, indexes (console_sqlite.py)
             self._reader = await self._connect()
             st = os.stat(self._path)
             self._file = (st.st_dev, st.st_ino)
@@ -175,21 +179,24 @@ class SQLiteAuditStore:
             raise BackendError(f"audit sqlite read failed: {e}") from e
 
     async def iter_inputs(self, since: str | None = None, until: str | None = None, agent: str | None = None,
-                          action: str | None = None) -> AsyncIterator[dict[str, Any]]:
+                          action: str | None = None, *, shadow: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Decided inputs for `policy replay` (see AuditStore.iter_inputs): filtered here, in
         chunks; ts is ISO-8601 UTC text, so the string bounds compare in time order."""
         _, reader = self._conns()
         where, args = ["input_digest IS NOT NULL", "policy_input IS NOT NULL"], []
+        fields = INPUT_FIELDS + SHADOW_FIELDS if shadow else INPUT_FIELDS
+        if shadow:
+            where.append("shadow_revision IS NOT NULL")
         for cond, v in (("ts >= ?", since), ("ts < ?", until), ("agent_id = ?", agent), ("action = ?", action)):
             if v is not None:
                 where.append(cond)
                 args.append(v)
-        sql = f"SELECT {', '.join(INPUT_FIELDS)} FROM audit_log WHERE {' AND '.join(where)}"
+        sql = f"SELECT {', '.join(fields)} FROM audit_log WHERE {' AND '.join(where)}"
         try:
             async with reader.execute(sql, args) as cur:
                 while rows := await cur.fetchmany(_CHUNK):
                     for r in rows:
-                        yield dict(zip(INPUT_FIELDS, r))
+                        yield dict(zip(fields, r))
         except sqlite3.Error as e:
             raise BackendError(f"audit sqlite read failed: {e}") from e
 

@@ -13,6 +13,7 @@ and a start() that failed at boot is retried in the background.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import astuple
 from pathlib import Path
@@ -29,6 +30,7 @@ from adapters.lifecycle.rows import (
     EVENT_COLUMNS,
     PROPOSAL_COLUMNS,
     PROPOSAL_DECISIONS,
+    REPLICA_COLUMNS,
     REPORT_COLUMNS,
     Tables,
 )
@@ -83,6 +85,9 @@ def _schema(t: Tables) -> tuple[str, ...]:
         (f'CREATE TABLE IF NOT EXISTS "{t.reports}" (id text PRIMARY KEY, created_at double precision NOT NULL, '
         "period_start double precision NOT NULL, period_end double precision NOT NULL, body json NOT NULL)"),
         f'CREATE TABLE IF NOT EXISTS "{t.flags}" (name text PRIMARY KEY, value json NOT NULL)',
+        (f'CREATE TABLE IF NOT EXISTS "{t.replicas}" (replica_id text PRIMARY KEY, host text NOT NULL, '
+         "pid integer NOT NULL, revision text, started_at double precision NOT NULL, "
+         "last_seen double precision NOT NULL)"),
     )
 
 
@@ -379,6 +384,22 @@ class PostgresLifecycleStore:
     async def set_flag(self, name: str, value: Any) -> None:
         await self._write(f'INSERT INTO "{self._t.flags}" (name, value) VALUES ($1, $2::json) '
                           "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, rows.dumps(value))
+
+    # ---- replicas ----------------------------------------------------------------------
+
+    async def heartbeat(self, replica_id: str, host: str, pid: int, revision: str | None, started_at: float,
+                        at: float) -> None:
+        await self._write(
+            f'INSERT INTO "{self._t.replicas}" ({", ".join(REPLICA_COLUMNS)}) VALUES ({_marks(len(REPLICA_COLUMNS))}) '
+            "ON CONFLICT (replica_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in REPLICA_COLUMNS[1:]),
+            *rows.replica_values(replica_id, host, pid, revision, started_at, at))
+
+    async def replicas(self, max_age_s: float, now: float | None = None) -> list[dict[str, Any]]:
+        """The replicas seen within max_age_s of `now` (default: the clock), by replica id."""
+        since = (time.time() if now is None else float(now)) - float(max_age_s)
+        found = await self._fetch(f'SELECT * FROM "{self._t.replicas}" WHERE last_seen >= $1 ORDER BY replica_id',
+                                  since)
+        return [rows.replica_from(r) for r in found]
 
 
 def _filters(**eq: Any) -> tuple[str, list[Any]]:

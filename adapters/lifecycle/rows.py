@@ -34,6 +34,8 @@ APPROVAL_COLUMNS = tuple(f.name for f in fields(Approval))
 EVENT_COLUMNS = ("id", "ts", "agent_id", "workspace", "event_type", "severity", "details")
 REPORT_COLUMNS = ("id", "created_at", "period_start", "period_end", "body")
 CHANGE_COLUMNS = ("agent_id", "change", "actor", "reason", "old", "new", "ts", "rule")
+# One row per running replica, written at start and every refresh_s (the console's replica list).
+REPLICA_COLUMNS = ("replica_id", "host", "pid", "revision", "started_at", "last_seen")
 PROPOSAL_DECISIONS = ("approved", "rejected", "auto_approved")
 APPROVAL_DECISIONS = ("approved", "rejected")
 
@@ -48,11 +50,12 @@ class Tables:
     events: str
     reports: str
     flags: str
+    replicas: str
 
     @classmethod
     def named(cls, prefix: str) -> Tables:
         return cls(*(f"{prefix}{n}" for n in ("agent_state", "lifecycle_changes", "proposals", "approvals",
-                                               "governance_events", "governance_reports", "flags")))
+                                               "governance_events", "governance_reports", "flags", "replicas")))
 
 
 def clean(value: Any) -> Any:
@@ -226,3 +229,14 @@ def report_from(row: Mapping[str, Any]) -> StoredReport:
     return StoredReport(id=row["id"], created_at=float(row["created_at"]),
                         period_start=float(row["period_start"]), period_end=float(row["period_end"]),
                         body=loads(row["body"]))
+
+
+def replica_values(replica_id: str, host: str, pid: int, revision: str | None, started_at: float,
+                   at: float) -> tuple[Any, ...]:
+    return (clean(str(replica_id)), clean(str(host)), int(pid), clean(revision), float(started_at), float(at))
+
+
+def replica_from(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"replica_id": row["replica_id"], "host": row["host"], "pid": int(row["pid"]),
+            "revision": row["revision"], "started_at": float(row["started_at"]),
+            "last_seen": float(row["last_seen"])}

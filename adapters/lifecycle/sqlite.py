@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from adapters.lifecycle.rows import (
     EVENT_COLUMNS,
     PROPOSAL_COLUMNS,
     PROPOSAL_DECISIONS,
+    REPLICA_COLUMNS,
     REPORT_COLUMNS,
     STATE_COLUMNS,
     Tables,
@@ -72,6 +74,8 @@ def _schema(t: Tables) -> tuple[str, ...]:
         (f"CREATE TABLE IF NOT EXISTS {t.reports} (id TEXT PRIMARY KEY, created_at REAL NOT NULL, "
         "period_start REAL NOT NULL, period_end REAL NOT NULL, body TEXT NOT NULL)"),
         f"CREATE TABLE IF NOT EXISTS {t.flags} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        (f"CREATE TABLE IF NOT EXISTS {t.replicas} (replica_id TEXT PRIMARY KEY, host TEXT NOT NULL, "
+         "pid INTEGER NOT NULL, revision TEXT, started_at REAL NOT NULL, last_seen REAL NOT NULL)"),
     )
 
 
@@ -332,6 +336,24 @@ class SQLiteLifecycleStore:
         async with self._write() as conn:
             await conn.execute(f"INSERT INTO {self._t.flags} (name, value) VALUES (?, ?) "
                                "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, rows.dumps(value)))
+
+    # ---- replicas ----------------------------------------------------------------------
+
+    async def heartbeat(self, replica_id: str, host: str, pid: int, revision: str | None, started_at: float,
+                        at: float) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                f"INSERT INTO {self._t.replicas} ({', '.join(REPLICA_COLUMNS)}) VALUES ({_marks(len(REPLICA_COLUMNS))}) "
+                "ON CONFLICT (replica_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in REPLICA_COLUMNS[1:]),
+                rows.replica_values(replica_id, host, pid, revision, started_at, at))
+
+    async def replicas(self, max_age_s: float, now: float | None = None) -> list[dict[str, Any]]:
+        """The replicas seen within max_age_s of `now` (default: the clock), by replica id."""
+        since = (time.time() if now is None else float(now)) - float(max_age_s)
+        found = await self._fetch(f"SELECT * FROM {self._t.replicas} WHERE last_seen >= ? ORDER BY replica_id",
+                                  (since,))
+        return [rows.replica_from(r) for r in found]
 
 
 def _filters(**eq: Any) -> tuple[str, list[Any]]:

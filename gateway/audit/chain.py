@@ -1,8 +1,8 @@
 """The audit row and its hash chain: pure functions, no I/O.
 
 Canonical form: orjson with OPT_SORT_KEYS over every column except `hash`
-(nested policy_input keys are sorted too); `trace_id`, added later, only when it
-is not null, so rows from before it existed still verify unchanged. orjson is already a dependency and
+(nested policy_input keys are sorted too); `trace_id` and `shadow_*`, added later, only
+when not null, so rows from before it existed still verify unchanged. orjson is already a dependency and
 gives one deterministic byte string for the value types a row can hold (str,
 int, float, bool, None, list, dict). Floats are rounded to 3 decimals and
 non-finite floats become None before hashing, so the value that comes back
@@ -29,20 +29,21 @@ ROW_FIELDS: tuple[str, ...] = (
     "action", "resource_type", "resource_name", "upstream", "api", "stream",
     "decision", "reasons", "policy_revision", "cache_hit",
     "status", "latency_ms", "upstream_ms", "input_tokens", "output_tokens", "client_ip", "error",
-    "input_digest", "policy_input", "trace_id",
+    "input_digest", "policy_input", "trace_id", "shadow_decision", "shadow_revision",
     "prev_hash", "hash",
 )
 CHAIN_FIELDS: tuple[str, ...] = ("chain_id", "seq", "prev_hash", "hash")
 GENESIS = "0" * 64
 
-_CANONICAL_FIELDS = tuple(f for f in ROW_FIELDS if f not in ("hash", "trace_id"))
 # Added after rows were first written: in the canonical form only when set, so a row
 # without one (every row written before the column existed) hashes as it always did.
-_OPTIONAL_FIELDS = ("trace_id",)
+# shadow_*: the shadow policy set's verdict (policy.shadow), on sampled rows only.
+_OPTIONAL_FIELDS = ("trace_id", "shadow_decision", "shadow_revision")
+_CANONICAL_FIELDS = tuple(f for f in ROW_FIELDS if f != "hash" and f not in _OPTIONAL_FIELDS)
 _INT_FIELDS = ("seq", "tier", "status", "input_tokens", "output_tokens")
 _FLOAT_FIELDS = ("latency_ms", "upstream_ms")
 _BOOL_FIELDS = ("stream", "cache_hit")
-_JSON_FIELDS = ("reasons", "policy_input")
+JSON_FIELDS = ("reasons", "policy_input", "shadow_decision")
 
 
 class ChainConflict(BackendError):
@@ -109,6 +110,8 @@ def event_to_row(event: AuditEvent) -> dict[str, Any]:
         "input_digest": event.input_digest,
         "policy_input": None if event.policy_input is None else _plain(event.policy_input),
         "trace_id": event.trace_id,
+        "shadow_decision": None if event.shadow_decision is None else _plain(event.shadow_decision),
+        "shadow_revision": event.shadow_revision,
     }
 
 
@@ -134,7 +137,7 @@ def row_from_store(raw: Mapping[str, Any]) -> dict[str, Any]:
     so a tampered value still changes the hash instead of being "repaired".
     """
     row = {k: raw.get(k) for k in ROW_FIELDS}
-    for k in _JSON_FIELDS:
+    for k in JSON_FIELDS:
         v = row[k]
         if isinstance(v, (str, bytes)):
             try:

@@ -80,6 +80,11 @@ class AuditWriter(HeadUnknown, Journaled):
         self._recovered = 0  # rows replayed from the journal at start, holding no slot
 
     @property
+    def store(self) -> AuditStore:
+        """The store rows go to; readers on this replica (the console) share its connections."""
+        return self._store
+
+    @property
     def depth(self) -> int:
         """Requests admitted whose rows are not yet durable."""
         return self._held

@@ -86,8 +86,12 @@ class LifecycleManager:
         events = await self._store.events(since=now - self._settings.risk.window_s, limit=100000)
         directory = self._directory()
         ids = sorted(set(directory.agent_ids()) | set(states))
+        by_agent: dict[str | None, list[Any]] = {}  # scored per agent: O(events), not O(agents x events)
+        for ev in events:
+            by_agent.setdefault(ev.agent_id, []).append(ev)
         return [self._view(i, directory.agent(i), states.get(i),
-                           risk_scores(events, self._settings.risk, agent_id=i, now=now)) for i in ids]
+                           risk_scores(by_agent.get(i, ()), self._settings.risk, agent_id=i, now=now))
+                for i in ids]
 
     async def agent(self, agent_id: str) -> dict:
         agent, state = await self._known(agent_id)

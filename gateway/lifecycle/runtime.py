@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -43,7 +46,8 @@ def next_step(agent: Agent, vocab: Vocabulary) -> tuple[int, str] | None:
 class Lifecycle:
     def __init__(self, settings: LifecycleSettings, store: Any, bus: Any, overlay: Overlay, *,
                  engine: Any, directory: Callable[[], Any], record: Callable[[AuditEvent], Awaitable[None]],
-                 audit_store: Any, request_ids: Callable[[], str], clock: Callable[[], float] = time.time) -> None:
+                 audit_store: Any, request_ids: Callable[[], str], clock: Callable[[], float] = time.time,
+                 replica_id: str | None = None) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
@@ -59,6 +63,13 @@ class Lifecycle:
                                  settings.count_flush_ms / 1000.0)
         self._counting_on = settings.error_budgets
         self._task: asyncio.Task[None] | None = None
+        self._clock = clock
+        # This replica in the store's replica list (the console's "revision on every replica"):
+        # host and pid, and a random part, so two gateways in one process stay two rows.
+        host, pid = socket.gethostname(), os.getpid()
+        self.replica = {"replica_id": replica_id or f"{host}:{pid}:{secrets.token_hex(3)}", "host": host,
+                        "pid": pid, "started_at": float(clock())}
+        self._beat: asyncio.Task[None] | None = None
 
     def rules(self) -> LifecycleRules:
         """The loaded policy set's lifecycle rules (a reload brings new ones)."""
@@ -94,17 +105,40 @@ class Lifecycle:
             log.warning("reading the state of %s failed, reloading everything: %s", agent_id, e)
             await self._reload_logged()
 
+    async def heartbeat(self) -> None:
+        """Write this replica's row (its policy revision, seen now); a store error is logged."""
+        beat = getattr(self.store, "heartbeat", None)
+        if beat is None:  # a store (module:Class) without a replica list
+            return
+        r = self.replica
+        try:
+            await beat(r["replica_id"], r["host"], r["pid"], getattr(self._engine, "revision", None) or None,
+                       r["started_at"], float(self._clock()))
+        except BackendError as e:
+            log.warning("writing the replica heartbeat failed: %s", e)
+
+    def heartbeat_soon(self) -> None:
+        """From sync code (a policy reload): write the heartbeat now, off the caller's path."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a reload outside the server): the next refresh writes it
+        if self._beat is None or self._beat.done():
+            self._beat = loop.create_task(self.heartbeat(), name="portcullis-replica-heartbeat")
+
     async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(self.settings.refresh_s)
             try:
                 await self._reload_logged()
+                await self.heartbeat()
             except Exception:  # a bug must not stop the pass that bounds a lost message
                 log.exception("reloading the agent states failed")
 
     async def start(self) -> None:
         await self.events.start()
         await self._reload_logged()  # a store down at boot: no overlay until it answers
+        await self.heartbeat()
         self.bus.subscribe(self._on_message, self._reload_logged)
         await self.switches.start()
         await self.counting.start()
@@ -116,11 +150,12 @@ class Lifecycle:
         await self.events.flush()
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._beat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._beat = None
         await self.counting.aclose()
         await self.switches.aclose()
         await self.events.aclose()

@@ -56,6 +56,9 @@ def add_parser(policy_sub: Any, default_config: str) -> None:
                    help="exit 1 when a change of this kind is found (any: any decision or obligation change)")
     r.add_argument("--config", default=default_config, help="the gateway config naming the audit store")
     r.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    r.add_argument("--record", action="store_true",
+                   help="also store a summary as a `policy.replayed` governance event in the lifecycle store "
+                        "named by --config (the console's policy page lists them)")
     r.set_defaults(func=cmd_policy_replay)
 
 
@@ -99,6 +102,12 @@ def cmd_policy_replay(args: argparse.Namespace) -> int:
         print(f"policy replay: {e}", file=sys.stderr)
         return 2
     print(render(report, args.format))
+    if args.record:
+        try:
+            asyncio.run(record(settings, report))
+        except (BackendError, ReplayFailed) as e:
+            print(f"policy replay: the report was not recorded: {e}", file=sys.stderr)
+            return 2
     return 1 if report["failed"] else 0
 
 
@@ -148,6 +157,36 @@ async def replay(settings: Settings, baseline: Path, candidate: Path, *, since: 
         "fail_on": fail_on,
         "failed": comparison.failed(fail_on),
     }
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What a recorded replay keeps: the counts and the busiest keys, no inputs (bounded)."""
+    return {"baseline": report["baseline"], "candidate": report["candidate"], "window": report["window"],
+            "filters": report["filters"], "rows": report["rows"], "inputs": report["inputs"],
+            "changes": report["changes"], "unchanged": report["unchanged"], "errors": report["errors"],
+            "top": {dim: [{"key": r["key"], "requests": r["requests"]} for r in rows[:5]]
+                    for dim, rows in report["breakdown"].items()},
+            "fail_on": report["fail_on"], "failed": report["failed"]}
+
+
+async def record(settings: Settings, report: dict[str, Any]) -> None:
+    """The summary as a `policy.replayed` event (LOW) in the configured lifecycle store."""
+    import secrets
+    import time
+
+    from gateway.lifecycle.model import GovernanceEvent
+
+    lc = settings.lifecycle
+    if not lc.enabled:
+        raise ReplayFailed("lifecycle.enabled is false in --config: there is no store to record in")
+    store_cls = registry.load("lifecycle_store", lc.store)
+    store = store_cls(lc, settings.path(lc.path)) if lc.store == "sqlite" else store_cls(lc)
+    await store.start()
+    try:
+        await store.add_events([GovernanceEvent("evt_" + secrets.token_hex(8), time.time(), "policy.replayed",
+                                                "LOW", details=summary(report))])
+    finally:
+        await store.aclose()
 
 
 async def _read(settings: Settings, since: str | None, until: str | None, agent: str | None,

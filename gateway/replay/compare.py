@@ -60,6 +60,13 @@ def dimensions(policy_input: Mapping[str, Any]) -> tuple[str, str, str]:
     return str(agent_id or "?"), str(policy_input.get("action") or "?"), resource
 
 
+def from_doc(doc: Mapping[str, Any], revision: str = "") -> Decision:
+    """decision_doc() read back (a shadow_decision column): what the report shows of a decision."""
+    return Decision(allow=bool(doc.get("allow")), reasons=tuple(doc.get("reasons") or ()),
+                    obligations=dict(doc.get("obligations") or {}), revision=revision,
+                    violation=doc.get("violation"), approval=doc.get("approval"))
+
+
 def decision_doc(d: Decision) -> dict[str, Any]:
     doc: dict[str, Any] = {"allow": d.allow, "reasons": list(d.reasons), "obligations": dict(d.obligations)}
     if d.violation is not None:
@@ -104,10 +111,12 @@ class Comparison:
     _examples: dict[str, list[_Example]] = field(default_factory=lambda: {k: [] for k in KINDS})
 
     def add(self, digest: str, policy_input: Mapping[str, Any], requests: int, base: Decision, cand: Decision,
-            base_error: bool = False, cand_error: bool = False) -> str | None:
+            base_error: bool = False, cand_error: bool = False, *, kind: str | None = "") -> str | None:
+        """Count one distinct input; `kind` as already judged (shadow mode records it), else compared."""
         self.errors["baseline"] += base_error
         self.errors["candidate"] += cand_error
-        kind = change_kind(base, cand)
+        if kind == "":
+            kind = change_kind(base, cand)
         if kind is None:
             self.unchanged.add(requests)
             return None

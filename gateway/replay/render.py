@@ -34,6 +34,8 @@ def _shown_kinds(report: Mapping[str, Any]) -> list[str]:
 
 
 def _notes(report: Mapping[str, Any]) -> list[str]:
+    if report.get("mode") == "shadow":
+        return _shadow_notes(report)
     notes = []
     others = report["rows_other_revisions"]
     if others:
@@ -51,6 +53,35 @@ def _notes(report: Mapping[str, Any]) -> list[str]:
     if not report["rows"]:
         notes.append("no recorded policy inputs in the window: widen --since or check --config")
     return notes
+
+
+def _shadow_notes(report: Mapping[str, Any]) -> list[str]:
+    notes = []
+    for key, what in (("recorded_revisions", "shadow"), ("serving_revisions", "serving")):
+        revs = report[key]
+        if len(revs) > 1:
+            notes.append(f"the rows span {len(revs)} {what} revisions ("
+                         + ", ".join(f"{r[:12]}: {_n(n)} rows" for r, n in list(revs.items())[:5])
+                         + "): each row is counted as the sets that decided it judged it")
+    if report["errors"]["candidate"]:
+        notes.append(f"the shadow set failed to decide {_n(report['errors']['candidate'])} distinct input(s): "
+                     "counted as denials, as the gateway fails closed")
+    if report["unreadable_rows"]:
+        notes.append(f"{_n(report['unreadable_rows'])} rows had an unreadable policy_input and were skipped")
+    if report.get("truncated"):
+        notes.append(f"only the first {_n(report['rows'])} sampled rows were read")
+    if not report["rows"]:
+        notes.append("no shadow-decided rows in the window: is policy.shadow set, and --since wide enough?")
+    return notes
+
+
+def _title(report: Mapping[str, Any]) -> str:
+    b, c = report["baseline"], report["candidate"]
+    if report.get("mode") == "shadow":
+        return (f"policy shadow-report: shadow set {c['dir']} (revision {c['revision'][:12]}) against the "
+                f"serving set (revision {b['revision'][:12]})")
+    return (f"policy replay: {c['dir']} (revision {c['revision'][:12]}) against {b['dir']} "
+            f"(revision {b['revision'][:12]})")
 
 
 def _window(report: Mapping[str, Any]) -> str:
@@ -77,9 +108,7 @@ def _breakdown_rows(report: Mapping[str, Any], dim: str, kinds: list[str]) -> tu
 
 
 def table(report: Mapping[str, Any]) -> str:
-    b, c = report["baseline"], report["candidate"]
-    lines = [(f"policy replay: {c['dir']} (revision {c['revision'][:12]}) against {b['dir']} "
-              f"(revision {b['revision'][:12]})"),
+    lines = [_title(report),
              f"window: {_window(report)}",
              f"rows: {_n(report['rows'])}, distinct inputs: {_n(report['inputs'])}", ""]
     lines += _grid(["change", "requests", "inputs"],
@@ -135,11 +164,17 @@ def _md_label(kind: str) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     b, c = report["baseline"], report["candidate"]
     changed = sum(report["changes"][k]["requests"] for k in KINDS)
-    lines = [f"## Policy replay: `{c['dir']}` against `{b['dir']}`", "",
-             (f"Replayed **{_n(report['rows'])}** recorded requests (**{_n(report['inputs'])}** distinct inputs) "
-              f"from {_window(report)}. Baseline revision `{b['revision'][:12]}`, "
-              f"candidate `{c['revision'][:12]}`."),
-             ""]
+    if report.get("mode") == "shadow":
+        lines = [f"## Shadow mode: `{c['dir']}` against the serving set", "",
+                 (f"The shadow set decided **{_n(report['rows'])}** sampled requests (**{_n(report['inputs'])}** "
+                  f"distinct inputs) from {_window(report)}. Serving revision `{b['revision'][:12]}`, "
+                  f"shadow `{c['revision'][:12]}`."), ""]
+    else:
+        lines = [f"## Policy replay: `{c['dir']}` against `{b['dir']}`", "",
+                 (f"Replayed **{_n(report['rows'])}** recorded requests (**{_n(report['inputs'])}** distinct "
+                  f"inputs) from {_window(report)}. Baseline revision `{b['revision'][:12]}`, "
+                  f"candidate `{c['revision'][:12]}`."),
+                 ""]
     lines.append(f"**{_n(changed)}** request(s) would be decided differently." if changed else
                  "No recorded request would be decided differently.")
     lines += ["", "| change | requests | distinct inputs |", "|---|---:|---:|"]

@@ -125,6 +125,11 @@ class PolicyStage:
                     await self._cache.set(keys[i], replace(decision, cache_hit=True), decision.cache_ttl_s)
         return [(d, dg) for d, dg in zip(out, digests)]  # type: ignore[misc]
 
+    @property
+    def engine(self) -> PolicyEngine:
+        """The serving engine: its revision and vocabulary (the console shows them)."""
+        return self._engine
+
     def argument_rules(self) -> frozenset[tuple[str, str]]:
         """(server, tool) pairs whose tool.call input carries the call's arguments (the loaded set's
         opt-in, contract 2); read per call so a reload takes effect at once."""

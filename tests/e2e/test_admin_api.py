@@ -55,9 +55,13 @@ def test_openapi_document_and_router_list_the_same_operations(gw) -> None:
     assert doc == json.loads(json.dumps(document()))
     assert doc["openapi"].startswith("3.1")
     assert _operations(doc) == {(op.method, op.path, op.id) for op in OPS}
-    served = {(m, route.path) for route in create_admin_app(gw.app.state.services).routes for m in route.methods
+    routes = create_admin_app(gw.app.state.services).routes
+    # The API's routes; the console's (/console, its pages and static files) are not API operations.
+    served = {(m, route.path) for route in routes if route.path.startswith("/admin/") for m in route.methods
               if m != "HEAD" and route.path != "/admin/openapi.json"}
     assert served == {(op.method, op.path) for op in OPS}
+    assert {route.path for route in routes} - {path for _, path in served} - {"/admin/openapi.json"} == {
+        route.path for route in routes if route.path == "/console" or route.path.startswith("/console/")}
 
 
 def test_openapi_document_is_well_formed() -> None:

@@ -2,6 +2,8 @@
 admin listener (and, with --direct, against its stores)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -231,8 +233,7 @@ def fleet_lifecycle(loop_thread):
     dsn, prefix = pg_dsn(), unique("adm") + "_"
     yield {"store": "postgres", "dsn": dsn, "table_prefix": prefix, "bus": "redis", "redis_url": redis_url(),
            "channel": unique("portcullis-test-admin:")}
-    t = Tables.named(prefix)
-    for table in (t.state, t.changes, t.proposals, t.approvals, t.events, t.reports, t.flags):
+    for table in dataclasses.astuple(Tables.named(prefix)):
         loop_thread.run(pg.drop_table(dsn, table))
 
 

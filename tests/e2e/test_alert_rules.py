@@ -19,6 +19,7 @@ from tests.support.chart import find, render
 from tests.support.harness import KEYS
 from tests.support.services import pg_dsn, redis_url, unique
 from tests.support.redis_process import delete_prefix
+from tests.support.waiting import eventually
 
 # Labels Prometheus adds from the scrape target, not the gateway.
 TARGET_LABELS = {"namespace", "job", "pod", "instance"}
@@ -124,7 +125,9 @@ def scrape_after_traffic(gw: Any) -> dict[str, set[str] | None]:
         assert (allowed.status_code, denied.status_code) == (200, 403)
         assert failed.status_code >= 500
         assert c.post("/v1/chat/completions", json=chat).status_code == 401
-        assert c.get("/readyz").status_code == 200  # probes Redis and PostgreSQL: dependency series
+        # Probes Redis and PostgreSQL (the dependency series); ready once the start's background
+        # policy compilation no longer delays the probes past their 0.8 s.
+        eventually(lambda: c.get("/readyz").status_code == 200, "the gateway ready")
         return exported(c.get("/metrics").text)
 
 

@@ -7,6 +7,8 @@ is an `agent.lifecycle` audit row, and the chain still verifies.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import subprocess
@@ -92,9 +94,7 @@ def fleet_lifecycle(loop_thread: LoopThread) -> Any:
     cfg = {"store": "postgres", "dsn": dsn, "table_prefix": prefix, "bus": "redis", "redis_url": url,
            "channel": unique("portcullis-test-lifecycle:"), "error_budgets": True}
     yield cfg
-    tables = Tables.named(prefix)
-    for table in (tables.state, tables.changes, tables.proposals, tables.approvals, tables.events,
-                  tables.reports, tables.flags):
+    for table in dataclasses.astuple(Tables.named(prefix)):
         loop_thread.run(pg.drop_table(dsn, table))
 
 

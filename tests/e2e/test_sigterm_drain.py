@@ -273,7 +273,8 @@ def test_an_mcp_get_stream_ends_cleanly_when_the_drain_starts(
 
 def test_readyz_turns_503_when_draining_starts(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
-    assert httpx.get(gw.url + "/readyz").status_code == 200
+    # Ready once the start's background policy compilation no longer delays the probes.
+    eventually(lambda: httpx.get(gw.url + "/readyz").status_code == 200, "the gateway ready")
     gw.app.state.drain.begin()  # what `portcullis serve` does on SIGTERM
     r = httpx.get(gw.url + "/readyz")
     assert r.status_code == 503 and "draining: shutting down" in r.json()["problems"]

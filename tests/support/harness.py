@@ -97,7 +97,11 @@ def gateway_config(tmp: Path, upstream_url: str, policy_dir: Path | None = None,
     cfg: dict[str, Any] = {
         "server": {"max_body_bytes": 65536},
         "identity": {"agents_file": str(REPO / "config" / "agents.yaml")},
-        "policy": {"dir": str(policy_dir or REPO / "policies_rego"), "hot_reload": False},
+        # The interpreter: the compiled program's background agreement check costs ~3 s of CPU at
+        # every start, hundreds of times a suite. Its own tests (tests/unit/test_policy_compiled.py,
+        # tests/e2e/test_compiled_gateway.py) turn it on.
+        "policy": {"dir": str(policy_dir or REPO / "policies_rego"), "hot_reload": False,
+                   "evaluator": "interpreter"},
         "audit": {"path": str(tmp / "audit.db"), "spool_path": str(tmp / "audit.spool"),
                   "chain_id": "test", "flush_interval_ms": 10},
         # Per test: the agent state beside the audit db; the admin API on any free port. Error

@@ -34,7 +34,11 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 async def drop_table(dsn: str, table: str) -> None:
-    await execute(dsn, f'DROP TABLE IF EXISTS "{table}"')
+    """The table, and what an audit table brings along: the console's rollup tables and their
+    trigger function (adapters/audit/console_postgres.py names them after the table)."""
+    base = table[:48]
+    await execute(dsn, f'DROP TABLE IF EXISTS "{table}", "{base}_rollup", "{base}_minutes"')
+    await execute(dsn, f'DROP FUNCTION IF EXISTS "{base}_rollup_fn"()')
 
 
 async def create_database(dsn: str, name: str) -> str:

@@ -20,7 +20,8 @@ from tests.support.audit_rows import event, rows_of, settings, write_events
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 # The canonical form as it was before trace_id existed: every column but hash.
-OLD_FIELDS = [f for f in ROW_FIELDS if f not in ("hash", "trace_id")]
+# (shadow_decision and shadow_revision came later still: absent from that form too.)
+OLD_FIELDS = [f for f in ROW_FIELDS if f not in ("hash", "trace_id", "shadow_decision", "shadow_revision")]
 
 
 def old_link(prev: str, row: dict) -> str:
@@ -104,3 +105,17 @@ async def test_start_on_a_current_store_changes_nothing(backend, tmp_path) -> No
     again = backend.store()
     await again.start()  # the migration finds every column: no ALTER, rows intact
     assert len(await rows_of(again)) == 2 and (await verify(again)).ok
+
+
+def test_shadow_columns_are_in_the_hash_only_when_set() -> None:
+    """policy.shadow's columns: absent, the row hashes as before them; set, an edit is caught."""
+    row = event_to_row(event(1)) | {"chain_id": "c", "seq": 1, "prev_hash": GENESIS}
+    assert row["shadow_decision"] is None and row["shadow_revision"] is None
+    assert link(GENESIS, row) == old_link(GENESIS, row)
+    shadowed = row | {"shadow_revision": "abc", "shadow_decision": {"kind": "allow_to_deny",
+                                                                    "decision": {"allow": False}}}
+    h = link(GENESIS, shadowed)
+    assert h != old_link(GENESIS, row)
+    assert link(GENESIS, shadowed | {"shadow_revision": "abd"}) != h
+    assert link(GENESIS, shadowed | {"shadow_decision": {"kind": "obligations", "decision": {"allow": False}}}) != h
+    assert link(GENESIS, shadowed | {"shadow_decision": None}) != h

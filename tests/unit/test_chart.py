@@ -34,7 +34,9 @@ COMBOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "opa": {"opa": {"enabled": True}},
     "opa-off": {"opa": {"enabled": False}},
-    "git-sync-ssh": {"gitSync": GIT},
+    # Shadow mode: the candidate set is another directory of the synced repository.
+    "git-sync-ssh": {"gitSync": GIT, "config": {"policy": {"shadow": {"dir": "/policies/current/rego-candidate",
+                                                                       "sample": 0.25}}}},
     "git-sync-token-opa": {"gitSync": {**GIT, "subPath": "", "repo": "https://github.com/example/policies.git",
                                        "auth": {"method": "token", "existingSecret": "policies-token"}},
                            "opa": {"enabled": True}},
@@ -191,7 +193,10 @@ def test_defaults_are_production_shaped(rendered) -> None:
 def test_the_rendered_config_is_a_valid_gateway_config(rendered) -> None:
     """What the chart renders is what the gateway's own settings model accepts, for every combination."""
     for combo, r in rendered.items():
-        Settings.model_validate({**gateway_config(r), "base_dir": "/"})
+        s = Settings.model_validate({**gateway_config(r), "base_dir": "/"})
+        assert (s.policy.shadow is not None) == (combo == "git-sync-ssh")
+    shadow = Settings.model_validate({**gateway_config(rendered["git-sync-ssh"]), "base_dir": "/"}).policy.shadow
+    assert (shadow.dir, shadow.sample) == ("/policies/current/rego-candidate", 0.25)
 
 
 @pytest.mark.parametrize("combo", ["defaults", "opa", "git-sync-token-opa", "existing-secret"])

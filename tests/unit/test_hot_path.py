@@ -45,6 +45,8 @@ def test_audit_event_puts_every_field_under_its_own_name() -> None:
         "reasons": ("r1", "r2"), "policy_revision": "rev-9", "cache_hit": True, "status": 201,
         "upstream_ms": 12.5, "input_tokens": 11, "output_tokens": 22, "client_ip": "10.0.0.9", "error": None,
         "input_digest": "d" * 64, "policy_input": {"agent": {"id": "builder"}}, "trace_id": "t" * 32,
+        # Filled later, off the request path, by the shadow runner (gateway/shadow/runner.py).
+        "shadow_decision": None, "shadow_revision": None,
     }
     names = [f.name for f in dataclasses.fields(AuditEvent)]
     assert sorted(names) == sorted([*expected, "latency_ms"])  # a new field needs a place in audit_event()

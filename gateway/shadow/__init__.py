@@ -1,0 +1,1 @@
+"""Shadow mode: a candidate policy set deciding sampled requests off the request path."""
