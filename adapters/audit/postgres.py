@@ -22,11 +22,9 @@ messages name the server but never its password.
 """
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Sequence
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 import orjson
@@ -34,6 +32,8 @@ import orjson
 from adapters.audit.console_postgres import PostgresConsoleQueries
 from adapters.audit.pg_text import from_text as _untext
 from adapters.audit.pg_text import to_text as _text
+from adapters.pgbase import ERRORS as _ERRORS
+from adapters.pgbase import PostgresBase
 from gateway.audit.chain import (
     JSON_FIELDS,
     ROW_FIELDS,
@@ -56,8 +56,6 @@ _TEXT_FIELDS = frozenset(f for f in ROW_FIELDS if f not in _TYPES) | {"chain_id"
 _STAGE = "portcullis_audit_stage"
 _PAGE = 1000
 _CHUNK = 5000  # iter_inputs: rows per cursor fetch
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
-           TimeoutError)
 
 
 # Not on a read-only server or session (a hot standby serving `audit verify`): there
@@ -97,40 +95,13 @@ async def _make_stage(conn: asyncpg.Connection) -> None:
     await conn.execute(_STAGE_DDL)
 
 
-def _secrets(dsn: str) -> list[str]:
-    """The password of a DSN (as written and percent-decoded), wherever it is given."""
-    try:
-        parts = urlsplit(dsn)
-        found = [parts.password] if parts.password else []
-        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if k == "password"]
-    except ValueError:
-        return [dsn]  # unparseable: treat the whole DSN as secret
-    return [s for p in found for s in {p, unquote(p)} if s]
-
-
-def _where(dsn: str) -> str:
-    """user@host:port/db, for messages."""
-    try:
-        p = urlsplit(dsn)
-        user = f"{p.username}@" if p.username else ""
-        port = f":{p.port}" if p.port else ""
-        return f"{user}{p.hostname or 'localhost'}{port}{p.path}"
-    except ValueError:
-        return "(unparseable dsn)"
-
-
-class PostgresAuditStore(PostgresConsoleQueries):
-    dependency = "postgres"  # gateway.readiness.Dependency: probed by /readyz, reconnected at boot
+class PostgresAuditStore(PostgresConsoleQueries, PostgresBase):
 
     def __init__(self, settings: AuditSettings, path: Path | None = None) -> None:
         # `path` is the SQLite file; accepted so every store is built the same way, unused here.
         self._settings = settings
         self._table = f'"{settings.table}"'  # settings validated it as a plain identifier
-        self._timeout = settings.timeout_s
-        self._secrets = _secrets(settings.dsn)
-        self._label = self._scrub(f"audit postgres {_where(settings.dsn)} table {settings.table}")
-        self._pool: asyncpg.Pool | None = None
-        self._down: str | None = None  # why the last start() failed, for /readyz
+        self._init_pg(settings.dsn, f"audit postgres {{where}} table {settings.table}", settings.timeout_s)
         t, cols = self._table, _COLUMNS
         self._schema = (
             f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -153,27 +124,6 @@ class PostgresAuditStore(PostgresConsoleQueries):
         self._chain_next = (f"SELECT {cols} FROM {t} WHERE chain_id = $1 AND seq > $2 "
                             f"ORDER BY seq LIMIT {_PAGE}")
 
-    # ---- errors ----------------------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
-
-    def _error(self, what: str, e: BaseException) -> BackendError:
-        """A BackendError for `e` whose text (and traceback) cannot show the DSN's password."""
-        text = f"{type(e).__name__}: {e}"
-        scrubbed = self._scrub(text)
-        err = BackendError(f"{self._label}: {what}: {scrubbed}")
-        err.__cause__ = e if scrubbed == text else None  # a leaky cause is not chained
-        err.__suppress_context__ = True
-        return err
-
-    def _pool_or_fail(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise BackendError(f"{self._label}: store is not started")
-        return self._pool
-
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -195,22 +145,8 @@ class PostgresAuditStore(PostgresConsoleQueries):
                     await self._add_missing_columns(conn)
                 await self._console_schema(conn)  # rollup tables, trigger, indexes (console_postgres.py)
         except (*_ERRORS, ValueError) as e:
-            err = self._error("start failed", e)
-            self._down = str(err)
-            await self.aclose()
-            raise err
+            raise await self._failed_start(e)  # its cause is set (scrubbed) by _error()
         self._down = None
-
-    async def probe(self) -> str | None:
-        """SELECT 1 on the pool: None when PostgreSQL answers, else why not (no password)."""
-        if self._pool is None:
-            return self._down or f"{self._label}: not connected"
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                await conn.fetchval("SELECT 1")
-        except _ERRORS as e:
-            return str(self._error("probe failed", e))
-        return None
 
     async def _add_missing_columns(self, conn: asyncpg.Connection) -> None:
         """Migrate a table made by an older version: add the nullable columns added since
@@ -223,15 +159,6 @@ class PostgresAuditStore(PostgresConsoleQueries):
                 # Fails (and so does start) for a role that may not ALTER: the inserts would too.
                 await conn.execute(f"ALTER TABLE {self._table} ADD COLUMN IF NOT EXISTS {f} "
                                    f"{_TYPES.get(f, 'text')}")
-
-    async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), self._timeout)
-        except (*_ERRORS, asyncio.TimeoutError):
-            pool.terminate()
 
     # ---- writes ----------------------------------------------------------------------
 
@@ -278,14 +205,6 @@ class PostgresAuditStore(PostgresConsoleQueries):
             return False
 
     # ---- reads -----------------------------------------------------------------------
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        pool = self._pool_or_fail()
-        try:
-            async with pool.acquire(timeout=self._timeout) as conn:
-                return await conn.fetch(sql, *args)
-        except _ERRORS as e:
-            raise self._error("read failed", e)
 
     async def last_link(self, chain_id: str) -> tuple[int, str] | None:
         found = await self._fetch(self._last, _text(chain_id))

@@ -12,7 +12,6 @@ and a start() that failed at boot is retried in the background.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import astuple
@@ -21,7 +20,6 @@ from typing import Any
 
 import asyncpg
 
-from adapters.audit.postgres import _secrets, _where
 from adapters.lifecycle import rows
 from adapters.lifecycle.rows import (
     APPROVAL_COLUMNS,
@@ -34,7 +32,8 @@ from adapters.lifecycle.rows import (
     REPORT_COLUMNS,
     Tables,
 )
-from gateway.errors import BackendError
+from adapters.pgbase import ERRORS as _ERRORS
+from adapters.pgbase import PostgresBase
 from gateway.lifecycle.model import (
     AgentState,
     Approval,
@@ -46,8 +45,6 @@ from gateway.lifecycle.model import (
 )
 from gateway.settings_lifecycle import LifecycleSettings
 
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
-           TimeoutError)
 # Column types for `SETTABLE` values bound in apply(): the casts asyncpg needs to encode them.
 _CASTS = {"revoked": "boolean", "revoked_reason": "text", "tier": "integer", "maturity": "text",
           "window_start": "double precision", "total_errors": "integer", "violations": "integer",
@@ -116,44 +113,20 @@ def _marks(n: int, start: int = 1) -> str:
     return ", ".join(f"${i}" for i in range(start, start + n))
 
 
-class PostgresLifecycleStore:
-    dependency = "postgres"  # gateway.readiness.Dependency: probed by /readyz, reconnected at boot
+class PostgresLifecycleStore(PostgresBase):
 
     def __init__(self, settings: LifecycleSettings, path: Path | None = None, *, pool_min_size: int = 1,
                  pool_max_size: int = 10, timeout_s: float = 10.0) -> None:
         # `path` is the SQLite file; accepted so both stores are built the same way, unused here.
         self._settings = settings
         self._pool_sizes = (min(pool_min_size, pool_max_size), pool_max_size)
-        self._timeout = timeout_s
+        self._init_pg(settings.dsn, f"lifecycle postgres {{where}} tables {settings.table_prefix}*", timeout_s)
         self._t = t = Tables.named(settings.table_prefix)
-        self._secrets = _secrets(settings.dsn)
-        self._label = self._scrub(f"lifecycle postgres {_where(settings.dsn)} tables {settings.table_prefix}*")
-        self._pool: asyncpg.Pool | None = None
-        self._down: str | None = None  # why the last start() failed, for /readyz
         self._count = _count_sql(t.state)
         self._insert_change = (f'INSERT INTO "{t.changes}" ({", ".join(CHANGE_COLUMNS)}) '
                                "VALUES ($1, $2, $3, $4, $5::json, $6::json, $7, $8)")
 
-    # ---- errors and connections ------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
-
-    def _error(self, what: str, e: BaseException) -> BackendError:
-        """A BackendError for `e` whose text (and traceback) cannot show the DSN's password."""
-        text = f"{type(e).__name__}: {e}"
-        scrubbed = self._scrub(text)
-        err = BackendError(f"{self._label}: {what}: {scrubbed}")
-        err.__cause__ = e if scrubbed == text else None  # a leaky cause is not chained
-        err.__suppress_context__ = True
-        return err
-
-    def _pool_or_fail(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise BackendError(self._down or f"{self._label}: store is not started")
-        return self._pool
+    # ---- connections ---------------------------------------------------------------
 
     async def start(self) -> None:
         lo, hi = self._pool_sizes
@@ -172,48 +145,12 @@ class PostgresLifecycleStore:
                     for stmt in _schema(self._t):
                         await conn.execute(stmt)
         except (*_ERRORS, ValueError) as e:
-            err = self._error("start failed", e)
-            self._down = str(err)
-            await self.aclose()
-            raise err
+            raise await self._failed_start(e)  # its cause is set (scrubbed) by _error()
         self._down = None
-
-    async def probe(self) -> str | None:
-        """SELECT 1 on the pool: None when PostgreSQL answers, else why not (no password)."""
-        if self._pool is None:
-            return self._down or f"{self._label}: not connected"
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                await conn.fetchval("SELECT 1")
-        except _ERRORS as e:
-            return str(self._error("probe failed", e))
-        return None
-
-    async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), self._timeout)
-        except (TimeoutError, *_ERRORS):
-            pool.terminate()
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        pool = self._pool_or_fail()
-        try:
-            async with pool.acquire(timeout=self._timeout) as conn:
-                return await conn.fetch(sql, *args)
-        except _ERRORS as e:
-            raise self._error("read failed", e)
 
     async def _write(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement (its own transaction); the rows it returns."""
-        pool = self._pool_or_fail()
-        try:
-            async with pool.acquire(timeout=self._timeout) as conn:
-                return await conn.fetch(sql, *args)
-        except _ERRORS as e:
-            raise self._error("write failed", e)
+        return await self._fetch(sql, *args, what="write failed")
 
     # ---- agent state -----------------------------------------------------------------
 

@@ -48,6 +48,14 @@ COMBOS: dict[str, dict[str, Any]] = {
     "hpa-off": {"autoscaling": {"enabled": False}, "replicaCount": 3},
     "hpa-custom-metric": {"autoscaling": {"customMetric": {"name": "portcullis_requests_per_second",
                                                            "averageValue": "200"}}},
+    # The admin API and console: tokens in the config, the session secret from the Secret.
+    "admin-console": {"config": {"admin": {"console_secret_env": "PORTCULLIS_CONSOLE_SECRET", "tokens": [
+        {"name": "ops", "sha256": "0" * 64, "scopes": ["read", "write"]}]}},
+        "secrets": {"existingSecret": "portcullis-secrets", "env": [
+            {"name": "PORTCULLIS_REDIS_URL", "key": "redis-url"}, {"name": "PORTCULLIS_PG_DSN", "key": "pg-dsn"},
+            {"name": "OPENAI_API_KEY", "key": "openai-api-key", "optional": True},
+            {"name": "ANTHROPIC_API_KEY", "key": "anthropic-api-key", "optional": True},
+            {"name": "PORTCULLIS_CONSOLE_SECRET", "key": "console-secret"}]}},
     "existing-secret": {"secrets": {"existingSecret": "team-llm-keys", "env": [
         {"name": "PORTCULLIS_REDIS_URL", "key": "url"}, {"name": "PORTCULLIS_PG_DSN", "key": "dsn"},
         {"name": "OPENAI_API_KEY", "key": "openai", "optional": True},
@@ -195,11 +203,15 @@ def test_the_rendered_config_is_a_valid_gateway_config(rendered) -> None:
     for combo, r in rendered.items():
         s = Settings.model_validate({**gateway_config(r), "base_dir": "/"})
         assert (s.policy.shadow is not None) == (combo == "git-sync-ssh")
+        # The admin listener (and console) only where tokens are given, on the pod's loopback.
+        assert (bool(s.admin.tokens), s.admin.host) == (combo == "admin-console", "127.0.0.1")
+    admin = Settings.model_validate({**gateway_config(rendered["admin-console"]), "base_dir": "/"}).admin
+    assert (admin.console_secret_env, admin.console_secret) == ("PORTCULLIS_CONSOLE_SECRET", None)
     shadow = Settings.model_validate({**gateway_config(rendered["git-sync-ssh"]), "base_dir": "/"}).policy.shadow
     assert (shadow.dir, shadow.sample) == ("/policies/current/rego-candidate", 0.25)
 
 
-@pytest.mark.parametrize("combo", ["defaults", "opa", "git-sync-token-opa", "existing-secret"])
+@pytest.mark.parametrize("combo", ["defaults", "opa", "git-sync-token-opa", "existing-secret", "admin-console"])
 def test_check_config_accepts_the_rendered_config(combo: str, rendered, tmp_path: Path) -> None:
     """`portcullis check-config` on what the chart renders: backend names, the policy set, the
     agents file, and every *_env variable the Deployment sets from its Secret."""
@@ -208,7 +220,8 @@ def test_check_config_accepts_the_rendered_config(combo: str, rendered, tmp_path
     agents.write_text(yaml.safe_dump({"workspaces": {}, "agents": [], "keys": []}))  # the chart's default
     path = write_local_config(gateway_config(r), tmp_path, policy_dir=CHART / "policies", agents_file=agents)
     environ = {name: "redis://127.0.0.1:6379/0" if "REDIS" in name else
-               "postgresql://127.0.0.1:5432/test" if "PG" in name else "sk-test" for name in gateway_env(r)}
+               "postgresql://127.0.0.1:5432/test" if "PG" in name else
+               "c" * 40 if "CONSOLE" in name else "sk-test" for name in gateway_env(r)}
     assert check(path, environ) == []
     missing = dict(environ)
     missing.pop(next(n for n in environ if "PG" in n))

@@ -30,6 +30,9 @@ BAD_VALUES = {
     "unknown config section": {"config": {"polcy": {"fail": "open"}}},
     "git-sync without a repo": {"gitSync": {"enabled": True}},
     "an agent key in plain text": {"agents": {"content": {"keys": [{"id": "k", "key": "pk-123", "workspace": "w"}]}}},
+    "the console secret in plain text": {"config": {"admin": {"console_secret": "s" * 40}}},
+    "the admin listener off the pod's loopback": {"config": {"admin": {"host": "0.0.0.0"}}},
+    "an admin token in plain text": {"config": {"admin": {"tokens": [{"name": "ops", "sha256": "pat-secret"}]}}},
 }
 
 
