@@ -48,6 +48,9 @@ EXPERIMENTS = {
     "shadow": "policy.shadow on at sample 1.0, the serving set as the candidate: every request also decided "
               "off the request path by a second engine (issue 12)",
     "shadow_10pct": "policy.shadow on at sample 0.1",
+    "no_console_rollup": "UPPER BOUND only: the SQLite audit store without the console's rollup and indexes "
+                         "(what keeping the console's per-minute counts costs the writer)",
+    "no_console_count": "UPPER BOUND only: the console's indexes kept, its per-minute counts not",
     "all": "every change above except the upper bounds, no_lifecycle, shadow, the journal and the tracing ones",
 }
 JOURNAL = {"no_journal": ("journal", False), "journal_fsync": ("journal_fsync", True)}
@@ -136,7 +139,8 @@ def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     """Patches that must happen before create_app; returns uvicorn option overrides."""
     if "all" in names:
         names |= set(EXPERIMENTS) - {"all", "null_audit_store", "journal_anon", "no_lifecycle", "shadow",
-                                      "shadow_10pct", *TRACING, *JOURNAL}
+                                      "shadow_10pct", "no_console_rollup", "no_console_count", *TRACING,
+                                      *JOURNAL}
     if "request_id" in names:
         _request_id()
     if "audit_row_fast" in names:
@@ -153,6 +157,14 @@ def apply(names: set[str], settings_doc: dict[str, Any]) -> dict[str, Any]:
     for name in names & set(TRACING):  # the driver starts the sink and names it in the environment
         settings_doc["tracing"] = {"enabled": True, "sample_ratio": TRACING[name],
                                    "endpoint": os.environ["BENCH_OTLP_ENDPOINT"]}
+    if names & {"no_console_rollup", "no_console_count"}:
+        from adapters.audit import console_sqlite
+
+        async def nothing(*args: Any) -> None:
+            return None
+        if "no_console_rollup" in names:
+            console_sqlite.SQLiteConsoleQueries._console_schema = nothing  # type: ignore[method-assign]
+        console_sqlite.SQLiteConsoleQueries._count_rows = staticmethod(nothing)  # type: ignore[method-assign]
     for name, sample in (("shadow", 1.0), ("shadow_10pct", 0.1)):
         if name in names:
             policy = settings_doc.setdefault("policy", {})

@@ -1,13 +1,18 @@
 """The console's queries on the SQLite audit store (a mixin of SQLiteAuditStore).
 
-See adapters/audit/console_common.py for the rollup. Here the rollup tables are kept by
-an AFTER INSERT row trigger: INSERT OR IGNORE fires it only for the rows it really
-inserts, so a replayed batch counts nothing twice. `ts` is ISO-8601 UTC text, so time
-bounds are compared as text formatted the same way (gateway.audit.chain.format_ts).
+See adapters/audit/console_common.py for the rollup. Here insert_batch keeps the rollup
+tables itself, in the batch's own transaction: the rows it really inserted are counted in
+Python and added with one upsert per (minute, agent, decision), a few statements a batch. (A
+row trigger did the same with two upserts per row and cost the writer ~11% of the gateway's
+CPU per request: `python -m bench ab --only no_console_rollup`.) A replayed batch counts
+nothing twice: when INSERT OR IGNORE skipped a row, the batch is inserted again row by row to
+learn which. `ts` is ISO-8601 UTC text, so time bounds are compared as text formatted the same
+way (gateway.audit.chain.format_ts).
 """
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,9 +21,10 @@ from gateway.audit.chain import format_ts
 from gateway.errors import BackendError
 
 ROLLUP, MINUTES, TRIGGER = "audit_rollup", "audit_minutes", "audit_log_rollup"
+META = "audit_rollup_meta"  # exists once the stored rows were counted into the rollup
 # The minute a row's text ts is in, as epoch seconds ('2025-06-15T14:13:20.123456+00:00' -> ...:13:00).
-_MINUTE = "COALESCE(CAST(strftime('%s', substr(NEW.ts, 1, 16) || ':00') AS INTEGER), 0)"
-_DECIDED = "(NEW.policy_revision IS NOT NULL AND NEW.decision IS NOT 'bypass')"
+_MINUTE = "COALESCE(CAST(strftime('%s', substr(ts, 1, 16) || ':00') AS INTEGER), 0)"
+_DECIDED = "(policy_revision IS NOT NULL AND decision IS NOT 'bypass')"
 _TABLES = (
     (f"CREATE TABLE IF NOT EXISTS {ROLLUP} (minute INTEGER NOT NULL, agent_id TEXT NOT NULL, "
      "decision TEXT NOT NULL, n INTEGER NOT NULL, cache_hits INTEGER NOT NULL, decided INTEGER NOT NULL, "
@@ -31,24 +37,32 @@ _TABLES = (
 )
 _UPSERT = ("n = n + excluded.n, cache_hits = cache_hits + excluded.cache_hits, "
            "decided = decided + excluded.decided")
-_TRIGGER = (
-    f"CREATE TRIGGER {TRIGGER} AFTER INSERT ON audit_log BEGIN "
-    f"INSERT INTO {ROLLUP} (minute, agent_id, decision, n, cache_hits, decided) VALUES ({_MINUTE}, "
-    f"COALESCE(NEW.agent_id, ''), COALESCE(NEW.decision, ''), 1, NEW.cache_hit IS 1, {_DECIDED}) "
-    f"ON CONFLICT (minute, agent_id, decision) DO UPDATE SET {_UPSERT}; "
-    f"INSERT INTO {MINUTES} (minute, decision, n, cache_hits, decided) VALUES ({_MINUTE}, "
-    f"COALESCE(NEW.decision, ''), 1, NEW.cache_hit IS 1, {_DECIDED}) "
-    f"ON CONFLICT (minute, decision) DO UPDATE SET {_UPSERT}; END")
-# Counting the rows already stored (a database made before the console): what the trigger would have.
-_OLD_MINUTE = _MINUTE.replace("NEW.", "")
-_OLD_DECIDED = _DECIDED.replace("NEW.", "")
+_ADD_ROLLUP = (f"INSERT INTO {ROLLUP} (minute, agent_id, decision, n, cache_hits, decided) "
+               f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (minute, agent_id, decision) DO UPDATE SET {_UPSERT}")
+# The per-minute totals follow the per-agent rollup by triggers on it (a few rows a batch), so
+# counting a batch is one executemany: one trip to aiosqlite's thread, not two.
+_FOLLOW = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS {MINUTES}_{when.lower()} AFTER {when} ON {ROLLUP} BEGIN "
+    f"INSERT INTO {MINUTES} (minute, decision, n, cache_hits, decided) VALUES (NEW.minute, NEW.decision, "
+    f"{delta('n')}, {delta('cache_hits')}, {delta('decided')}) "
+    f"ON CONFLICT (minute, decision) DO UPDATE SET {_UPSERT}; END"
+    for when, delta in (("INSERT", lambda c: f"NEW.{c}"), ("UPDATE", lambda c: f"NEW.{c} - OLD.{c}")))
+# Counting the rows already stored (a database made before the console): what insert_batch would have.
 _BACKFILL = (
-    (f"INSERT INTO {ROLLUP} SELECT {_OLD_MINUTE}, COALESCE(agent_id, ''), COALESCE(decision, ''), "
-     f"count(*), sum(cache_hit IS 1), sum({_OLD_DECIDED}) FROM audit_log GROUP BY 1, 2, 3"),
+    (f"INSERT INTO {ROLLUP} SELECT {_MINUTE}, COALESCE(agent_id, ''), COALESCE(decision, ''), "
+     f"count(*), sum(cache_hit IS 1), sum({_DECIDED}) FROM audit_log GROUP BY 1, 2, 3"),
     (f"INSERT INTO {MINUTES} SELECT minute, decision, sum(n), sum(cache_hits), sum(decided) FROM {ROLLUP} "
      "GROUP BY 1, 2"),
 )
 _RECENT = ", ".join(cc.RECENT_FIELDS)
+
+
+def _minute_of(ts: str) -> int:
+    """The epoch minute of a row's ts text, as SQLite's strftime('%s') of its first 16 characters."""
+    try:
+        return int(datetime.fromisoformat(ts[:16] + ":00+00:00").timestamp())
+    except ValueError:
+        return 0
 
 
 def _epoch(ts: Any) -> float | None:
@@ -83,15 +97,21 @@ class SQLiteConsoleQueries:
         try:
             for stmt in _TABLES:
                 await conn.execute(stmt)
-            async with conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
-                                    (TRIGGER,)) as cur:
-                have = await cur.fetchone() is not None
-            if not have:
+            async with conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (META,)) as cur:
+                counted = (await cur.fetchone())[0] > 0
+            if not counted:  # rows stored before the rollup existed: counted once, now
+                for when in ("insert", "update"):  # the backfill fills both tables itself
+                    await conn.execute(f"DROP TRIGGER IF EXISTS {MINUTES}_{when}")
                 await conn.execute(f"DELETE FROM {ROLLUP}")
                 await conn.execute(f"DELETE FROM {MINUTES}")
                 for stmt in _BACKFILL:
                     await conn.execute(stmt)
-                await conn.execute(_TRIGGER)
+                await conn.execute(f"CREATE TABLE {META} (counted_since TEXT)")
+                await conn.execute(f"INSERT INTO {META} VALUES (datetime('now'))")
+            await conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER}")  # an earlier build counted by trigger
+            for stmt in _FOLLOW:  # after the backfill, which fills both tables itself
+                await conn.execute(stmt)
             await conn.execute("COMMIT")
         except BaseException:
             try:
@@ -99,6 +119,25 @@ class SQLiteConsoleQueries:
             except sqlite3.Error:
                 pass
             raise
+
+    @staticmethod
+    async def _count_rows(conn: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Add the rows just inserted to both rollups (inside the caller's transaction)."""
+        per_agent: dict[tuple[int, str, str], list[int]] = {}
+        minutes: dict[str, int] = {}
+        for r in rows:
+            ts = r["ts"]
+            key = ts[:16]  # "YYYY-MM-DDTHH:MM": the minute, as text
+            minute = minutes.get(key)
+            if minute is None:
+                minute = minutes[key] = _minute_of(ts)
+            decision = r["decision"] or ""
+            c = per_agent.setdefault((minute, r["agent_id"] or "", decision), [0, 0, 0])
+            c[0] += 1
+            c[1] += bool(r["cache_hit"])
+            c[2] += r["policy_revision"] is not None and decision != "bypass"
+        if per_agent:  # the per-minute totals follow by trigger (_FOLLOW)
+            await conn.executemany(_ADD_ROLLUP, [(*k, *c) for k, c in per_agent.items()])
 
     async def _console_fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         _, reader = self._conns()

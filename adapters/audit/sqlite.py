@@ -123,14 +123,29 @@ class SQLiteAuditStore(SQLiteConsoleQueries):
                 await writer.execute("BEGIN IMMEDIATE")
                 try:
                     cur = await writer.executemany(_INSERT, params)
-                    if cur.rowcount != len(rows):
-                        await self._check_duplicates(writer, rows)
+                    inserted: Sequence[Mapping[str, Any]] = rows
+                    if cur.rowcount != len(rows):  # a replay: which rows are new? (the rollup counts them)
+                        await _rollback(writer)
+                        await writer.execute("BEGIN IMMEDIATE")
+                        inserted = await self._insert_one_by_one(writer, rows, params)
+                    await self._count_rows(writer, inserted)  # the console's rollup (console_sqlite.py)
                     await writer.execute("COMMIT")
                 except BaseException:
                     await _rollback(writer)
                     raise
             except sqlite3.Error as e:
                 raise BackendError(f"audit sqlite insert failed: {e}") from e
+
+    async def _insert_one_by_one(self, conn: aiosqlite.Connection, rows: Sequence[Mapping[str, Any]],
+                                 params: list[tuple[Any, ...]]) -> list[Mapping[str, Any]]:
+        """The rows this batch adds; every row it skips must be the very row already stored."""
+        inserted, skipped = [], []
+        for r, p in zip(rows, params):
+            async with conn.execute(_INSERT, p) as cur:
+                (inserted if cur.rowcount == 1 else skipped).append(r)
+        if skipped:
+            await self._check_duplicates(conn, skipped)
+        return inserted
 
     @staticmethod
     async def _check_duplicates(conn: aiosqlite.Connection, rows: Sequence[Mapping[str, Any]]) -> None:

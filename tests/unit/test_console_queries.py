@@ -1,7 +1,7 @@
 """The console's audit queries, one suite run against both stores (real SQLite, real PostgreSQL).
 
 Every expectation is computed here from the rows written, in plain Python, and compared
-with what the store answers from its trigger-kept rollup and its indexes.
+with what the store answers from its rollup (kept as rows are inserted) and its indexes.
 """
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ async def test_two_writers_count_exactly(backend, store):
 async def _make_old(backend) -> None:
     """Take the console's objects away: the database as a version before the console left it."""
     if backend.table == "audit_log":
-        for stmt in ("DROP TRIGGER audit_log_rollup", "DROP TABLE audit_rollup", "DROP TABLE audit_minutes",
+        for stmt in ("DROP TABLE audit_rollup_meta", "DROP TABLE audit_rollup", "DROP TABLE audit_minutes",
                      "DROP INDEX audit_log_agent_ts", "DROP INDEX audit_log_decision_ts"):
             await backend.sql(stmt)
     else:
@@ -243,7 +243,7 @@ async def test_an_old_database_is_upgraded_in_place(backend, store):
     await _make_old(backend)
     old = backend.store()
     await old.start()  # the upgrade: counts the 300 rows already there ...
-    await old.insert_batch(rows[250:])  # ... then the trigger counts the 200 new ones, not the replayed 50
+    await old.insert_batch(rows[250:])  # ... then the writer counts the 200 new ones, not the replayed 50
     want = expected_series(specs, T0 - 3600, T0, 60)
     assert await old.decision_series(T0 - 3600, T0, 60) == want
     await old.aclose()
