@@ -44,12 +44,7 @@ def add_parser(policy_sub: Any, default_config: str) -> None:
         "replay", help="evaluate the audit log's recorded inputs with a candidate set and report what changes")
     r.add_argument("candidate", metavar="CANDIDATE_DIR", help="the edited policy directory")
     r.add_argument("--baseline", metavar="DIR", help="compare against this set (default: the config's policy dir)")
-    r.add_argument("--since", default="7d", help="start of the window: a duration back (7d, 36h), an ISO-8601 "
-                                                 "time, or all (default 7d)")
-    r.add_argument("--until", help="end of the window, same forms (default: now)")
-    r.add_argument("--agent", help="only this agent's requests")
-    r.add_argument("--action", help="only this action (llm.chat, tool.call, ...)")
-    r.add_argument("--limit", type=_count, default=5, metavar="N", help="example inputs per kind of change (5)")
+    add_window_arguments(r, since="7d")
     r.add_argument("--format", choices=("table", "json", "md"), default="table",
                    help="md: a report to paste into a pull request")
     r.add_argument("--fail-on", choices=tuple(FAIL_ON),
@@ -60,6 +55,17 @@ def add_parser(policy_sub: Any, default_config: str) -> None:
                    help="also store a summary as a `policy.replayed` governance event in the lifecycle store "
                         "named by --config (the console's policy page lists them)")
     r.set_defaults(func=cmd_policy_replay)
+
+
+def add_window_arguments(r: Any, *, since: str) -> None:
+    """The recorded rows a report reads (--since, --until, --agent, --action) and its examples
+    (--limit): shared by `policy replay` and `policy shadow-report`."""
+    r.add_argument("--since", default=since, help="start of the window: a duration back (7d, 36h), an ISO-8601 "
+                                                  f"time, or all (default {since})")
+    r.add_argument("--until", help="end of the window, same forms (default: now)")
+    r.add_argument("--agent", help="only this agent's requests")
+    r.add_argument("--action", help="only this action (llm.chat, tool.call, ...)")
+    r.add_argument("--limit", type=_count, default=5, metavar="N", help="example inputs per kind of change (5)")
 
 
 def _count(text: str) -> int:

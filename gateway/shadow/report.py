@@ -21,6 +21,7 @@ import orjson
 
 from gateway import registry
 from gateway.errors import BackendError
+from gateway.replay.command import add_window_arguments
 from gateway.replay.compare import FAIL_ON, KINDS, Comparison, from_doc
 from gateway.replay.render import render
 from gateway.replay.source import parse_when
@@ -31,12 +32,7 @@ from gateway.types import Decision
 def add_parser(policy_sub: Any, default_config: str) -> None:
     r = policy_sub.add_parser(
         "shadow-report", help="summarise where the shadow policy set (policy.shadow) disagreed with the serving set")
-    r.add_argument("--since", default="24h", help="start of the window: a duration back (24h, 7d), an ISO-8601 "
-                                                  "time, or all (default 24h)")
-    r.add_argument("--until", help="end of the window, same forms (default: now)")
-    r.add_argument("--agent", help="only this agent's requests")
-    r.add_argument("--action", help="only this action (llm.chat, tool.call, ...)")
-    r.add_argument("--limit", type=int, default=5, metavar="N", help="example inputs per kind of change (5)")
+    add_window_arguments(r, since="24h")
     r.add_argument("--format", choices=("table", "json", "md"), default="table")
     r.add_argument("--fail-on", choices=tuple(FAIL_ON),
                    help="exit 1 when a disagreement of this kind was recorded (e.g. before promoting the set)")
@@ -57,7 +53,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(shadow_report(settings, since=since, until=until, agent=args.agent,
-                                           action=args.action, limit=max(0, args.limit), fail_on=args.fail_on))
+                                           action=args.action, limit=args.limit, fail_on=args.fail_on))
     except BackendError as e:
         print(f"policy shadow-report: cannot read the audit store: {e}", file=sys.stderr)
         return 2

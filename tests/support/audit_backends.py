@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.audit.postgres import PostgresAuditStore
 from adapters.audit.sqlite import SQLiteAuditStore
 from tests.support import pg
@@ -76,3 +78,18 @@ class PostgresBackend(SQLiteBackend):
 def backend(name: str, tmp: Path) -> SQLiteBackend:
     """`name` from BACKENDS; PostgreSQL is the machine's (skipped if absent, failed under CI)."""
     return SQLiteBackend(tmp) if name == "sqlite" else PostgresBackend(pg_dsn())
+
+
+# The pytest fixtures of the tests that run against every store: import them by name.
+@pytest.fixture(params=BACKENDS, name="backend")
+async def backend_fixture(request, tmp_path):  # noqa: ANN001 - pytest's fixtures
+    b = backend(request.param, tmp_path)
+    yield b
+    await b.cleanup()
+
+
+@pytest.fixture(name="store")
+async def store_fixture(backend):  # noqa: ANN001 - the fixture above
+    s = backend.store()
+    await s.start()
+    return s

@@ -16,23 +16,8 @@ from gateway.audit.verify import format_report, verify
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError
 from gateway.protocols import AuditStore
-from tests.support import audit_backends
-from tests.support.audit_backends import BACKENDS
+from tests.support.audit_backends import BACKENDS, backend_fixture, store_fixture  # noqa: F401 - fixtures
 from tests.support.audit_rows import CHAIN, event, rows_of, settings, write_events
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request, tmp_path):
-    b = audit_backends.backend(request.param, tmp_path)
-    yield b
-    await b.cleanup()
-
-
-@pytest.fixture
-async def store(backend):
-    s = backend.store()
-    await s.start()
-    return s
 
 
 def chained(n: int, chain_id: str = CHAIN, start: int = 0, ts0: float = 1_750_000_000.0, **kw: Any) -> list[dict]:

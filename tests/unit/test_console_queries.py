@@ -16,26 +16,13 @@ from adapters.audit.console_common import percentile
 from adapters.audit.postgres import PostgresAuditStore
 from gateway.audit.chain import GENESIS, event_to_row, link
 from tests.support import audit_backends, pg
-from tests.support.audit_backends import BACKENDS
+from tests.support.audit_backends import BACKENDS, backend_fixture, store_fixture  # noqa: F401 - fixtures
 from tests.support.audit_rows import event, settings
 from tests.support.services import unique
 
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z: not on a minute, hour or day boundary
 DECISIONS = ("allow", "deny", "rate_limited", "error", "bypass")
 
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request, tmp_path):
-    b = audit_backends.backend(request.param, tmp_path)
-    yield b
-    await b.cleanup()
-
-
-@pytest.fixture
-async def store(backend):
-    s = backend.store()
-    await s.start()
-    return s
 
 
 def chain(specs: list[dict[str, Any]], chain_id: str = "replica-a", first: int = 0) -> list[dict]:
